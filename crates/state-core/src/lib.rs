@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+mod capabilities;
+pub mod checkpoint;
+mod error;
+mod limits;
+mod pool;
+mod redact;
+mod scan;
+mod stats;
+mod typed;
+
+pub use backend::{Entry, ScanStream, StateBackend};
+pub use capabilities::Capabilities;
+pub use error::{BoxError, ErrorKind, StateError, StateResult};
+pub use limits::{DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, Limits, prefix_upper_bound};
+pub use pool::PoolStats;
+pub use redact::redact_url;
+pub use stats::{OpKind, OpTimer, StateStats, StatsRecorder};
+pub use typed::{StateBackendExt, decode, encode};
+
+/// Re-exported so backends and users name one version of these crates.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;

@@ -1,0 +1,369 @@
+//! Operation statistics: counters and latency percentiles kept without a global lock.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use histogram::{AtomicHistogram, Histogram};
+
+use crate::StateResult;
+
+/// A snapshot of a backend's statistics, as returned by [`crate::StateBackend::stats`].
+///
+/// ```
+/// use state_core::StateStats;
+///
+/// let mut stats = StateStats::default();
+/// stats.hits = 3;
+/// stats.misses = 1;
+/// assert_eq!(stats.hit_rate(), 0.75);
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateStats {
+    /// Point reads (`get`, `contains`, and each key of a batch read).
+    pub gets: u64,
+    /// Reads that found a live value.
+    pub hits: u64,
+    /// Reads that found nothing (or an expired value).
+    pub misses: u64,
+    /// Writes (`put`, `put_with_ttl`, atomic writes, and each entry of a batch write).
+    pub puts: u64,
+    /// Deletes (`delete`, `get_and_delete`, and each key of a batch delete).
+    pub deletes: u64,
+    /// Every other operation (listing, counting, clearing, scans).
+    pub other_ops: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// Mean latency of the sampled operations, in microseconds.
+    pub avg_latency_us: f64,
+    /// Median latency of the sampled operations, in microseconds.
+    pub p50_latency_us: f64,
+    /// 99th percentile latency of the sampled operations, in microseconds.
+    pub p99_latency_us: f64,
+    /// How many operations were timed (backends may time one operation in N).
+    pub latency_samples: u64,
+    /// Time since the statistics started.
+    pub uptime: Duration,
+    /// Backend-specific figures (table size, dead tuples, evictions, ...), by name.
+    pub details: BTreeMap<String, f64>,
+    /// Statistics of the wrapped backend, for caches and other layers.
+    pub inner: Option<Box<StateStats>>,
+}
+
+impl StateStats {
+    /// Fraction of reads that found a value, in `0.0..=1.0` (0 when nothing was read).
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+
+    /// All operations counted.
+    pub fn total_ops(&self) -> u64 {
+        self.gets + self.puts + self.deletes + self.other_ops
+    }
+
+    /// Mean operations per second since the statistics started.
+    pub fn ops_per_sec(&self) -> f64 {
+        let secs = self.uptime.as_secs_f64();
+        if secs > 0.0 {
+            self.total_ops() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The kind of operation a [`StatsRecorder`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A point read.
+    Get,
+    /// A write.
+    Put,
+    /// A delete.
+    Delete,
+    /// Anything else.
+    Other,
+}
+
+const STRIPES: usize = 8;
+const GROUPING_POWER: u8 = 4;
+const MAX_VALUE_POWER: u8 = 40;
+
+#[repr(align(128))]
+struct Stripe {
+    gets: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    puts: AtomicU64,
+    deletes: AtomicU64,
+    other: AtomicU64,
+    errors: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    latency_samples: AtomicU64,
+    histogram: AtomicHistogram,
+}
+
+impl Stripe {
+    fn new() -> Self {
+        Self {
+            gets: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency_sum_ns: AtomicU64::new(0),
+            latency_samples: AtomicU64::new(0),
+            histogram: AtomicHistogram::new(GROUPING_POWER, MAX_VALUE_POWER)
+                .expect("valid histogram parameters"),
+        }
+    }
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// (stripe index, sampling tick) of this thread.
+    static LOCAL: Cell<(usize, u32)> = const { Cell::new((usize::MAX, 0)) };
+}
+
+/// A started operation: which stripe it counts on and, when sampled, when it began.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "pass the timer back to StatsRecorder::record"]
+pub struct OpTimer {
+    stripe: usize,
+    started: Option<Instant>,
+}
+
+/// Lock-free operation statistics for backend implementors.
+///
+/// Counters live in cache-line-padded stripes chosen per thread, so tasks on different
+/// threads never contend on one counter; latency goes into per-stripe atomic log-linear
+/// histograms (about 6% relative error). Timing every operation costs two clock reads, which
+/// matters for an in-memory backend, so latency can be sampled one operation in `sample_every`.
+///
+/// ```
+/// use state_core::{OpKind, StatsRecorder};
+///
+/// let stats = StatsRecorder::new(1);
+/// let timer = stats.start();
+/// // ... do the read ...
+/// stats.record_get(timer, true);
+/// let snapshot = stats.snapshot();
+/// assert_eq!((snapshot.gets, snapshot.hits), (1, 1));
+/// assert_eq!(snapshot.latency_samples, 1);
+/// ```
+pub struct StatsRecorder {
+    stripes: Box<[Stripe]>,
+    sample_mask: u32,
+    started: Instant,
+}
+
+impl std::fmt::Debug for StatsRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsRecorder")
+            .field("sample_every", &(self.sample_mask + 1))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StatsRecorder {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+impl StatsRecorder {
+    /// A recorder timing one operation in `sample_every` (rounded up to a power of two;
+    /// 1 times every operation).
+    pub fn new(sample_every: u32) -> Self {
+        let sample_every = sample_every.max(1).next_power_of_two();
+        Self {
+            stripes: (0..STRIPES).map(|_| Stripe::new()).collect(),
+            sample_mask: sample_every - 1,
+            started: Instant::now(),
+        }
+    }
+
+    /// Starts timing an operation.
+    #[inline]
+    pub fn start(&self) -> OpTimer {
+        let (stripe, sampled) = LOCAL.with(|local| {
+            let (mut stripe, tick) = local.get();
+            if stripe == usize::MAX {
+                stripe = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+            }
+            local.set((stripe, tick.wrapping_add(1)));
+            (stripe, tick & self.sample_mask == 0)
+        });
+        OpTimer {
+            stripe,
+            started: sampled.then(Instant::now),
+        }
+    }
+
+    #[inline]
+    fn finish(&self, timer: OpTimer) -> &Stripe {
+        let stripe = &self.stripes[timer.stripe];
+        if let Some(started) = timer.started {
+            let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            stripe.latency_sum_ns.fetch_add(nanos, Relaxed);
+            stripe.latency_samples.fetch_add(1, Relaxed);
+            // Values past the histogram's range (~18 min) are clamped into its last bucket.
+            let _ = stripe.histogram.increment(nanos.min((1 << MAX_VALUE_POWER) - 1));
+        }
+        stripe
+    }
+
+    /// Records a point read and whether it found a value.
+    #[inline]
+    pub fn record_get(&self, timer: OpTimer, hit: bool) {
+        let stripe = self.finish(timer);
+        stripe.gets.fetch_add(1, Relaxed);
+        if hit {
+            stripe.hits.fetch_add(1, Relaxed);
+        } else {
+            stripe.misses.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records `n` operations of `kind` finished as one call (a batch counts each entry).
+    #[inline]
+    pub fn record(&self, timer: OpTimer, kind: OpKind, n: u64) {
+        let stripe = self.finish(timer);
+        let counter = match kind {
+            OpKind::Get => &stripe.gets,
+            OpKind::Put => &stripe.puts,
+            OpKind::Delete => &stripe.deletes,
+            OpKind::Other => &stripe.other,
+        };
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Records batch-read hits and misses (the read itself is counted by `record`).
+    #[inline]
+    pub fn record_hits(&self, timer: OpTimer, hits: u64, misses: u64) {
+        let stripe = &self.stripes[timer.stripe];
+        stripe.hits.fetch_add(hits, Relaxed);
+        stripe.misses.fetch_add(misses, Relaxed);
+    }
+
+    /// Records a failed operation.
+    #[inline]
+    pub fn record_error(&self, timer: OpTimer) {
+        self.finish(timer).errors.fetch_add(1, Relaxed);
+    }
+
+    /// Records the outcome of a call: an error counts as an error, success as `n` ops of `kind`.
+    #[inline]
+    pub fn observe<T>(&self, timer: OpTimer, kind: OpKind, n: u64, result: &StateResult<T>) {
+        match result {
+            Ok(_) => self.record(timer, kind, n),
+            Err(_) => self.record_error(timer),
+        }
+    }
+
+    /// Adds up the stripes into a [`StateStats`].
+    pub fn snapshot(&self) -> StateStats {
+        let mut stats = StateStats {
+            uptime: self.started.elapsed(),
+            ..StateStats::default()
+        };
+        let mut latency_sum = 0u64;
+        let mut merged: Option<Histogram> = None;
+        for stripe in &*self.stripes {
+            stats.gets += stripe.gets.load(Relaxed);
+            stats.hits += stripe.hits.load(Relaxed);
+            stats.misses += stripe.misses.load(Relaxed);
+            stats.puts += stripe.puts.load(Relaxed);
+            stats.deletes += stripe.deletes.load(Relaxed);
+            stats.other_ops += stripe.other.load(Relaxed);
+            stats.errors += stripe.errors.load(Relaxed);
+            latency_sum += stripe.latency_sum_ns.load(Relaxed);
+            stats.latency_samples += stripe.latency_samples.load(Relaxed);
+            let loaded = stripe.histogram.load();
+            merged = Some(match merged {
+                None => loaded,
+                Some(acc) => acc.wrapping_add(&loaded).unwrap_or(acc),
+            });
+        }
+        if stats.latency_samples > 0 {
+            stats.avg_latency_us = latency_sum as f64 / stats.latency_samples as f64 / 1000.0;
+            if let Some(hist) = merged {
+                stats.p50_latency_us = percentile_us(&hist, 0.5);
+                stats.p99_latency_us = percentile_us(&hist, 0.99);
+            }
+        }
+        stats
+    }
+}
+
+fn percentile_us(hist: &Histogram, q: f64) -> f64 {
+    hist.quantile(q)
+        .ok()
+        .flatten()
+        .and_then(|result| result.entries().values().next().cloned())
+        .map_or(0.0, |bucket| (bucket.start() + bucket.end()) as f64 / 2.0 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_follow_recorded_latencies() {
+        let stats = StatsRecorder::new(1);
+        for _ in 0..100 {
+            let timer = stats.start();
+            stats.record(timer, OpKind::Put, 1);
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.puts, 100);
+        assert_eq!(snap.latency_samples, 100);
+        assert!(snap.p99_latency_us >= snap.p50_latency_us);
+    }
+
+    #[test]
+    fn sampling_times_one_in_n() {
+        let stats = StatsRecorder::new(16);
+        for _ in 0..160 {
+            let timer = stats.start();
+            stats.record_get(timer, false);
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.gets, 160);
+        assert_eq!(snap.misses, 160);
+        assert_eq!(snap.latency_samples, 10);
+        assert_eq!(snap.hit_rate(), 0.0);
+    }
+
+    #[test]
+    fn threads_count_into_one_snapshot() {
+        let stats = std::sync::Arc::new(StatsRecorder::new(1));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let timer = stats.start();
+                        stats.record_get(timer, i % 2 == 0);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let snap = stats.snapshot();
+        assert_eq!(snap.gets, 4000);
+        assert_eq!(snap.hit_rate(), 0.5);
+    }
+}
