@@ -1,1 +1,79 @@
-fn main(){}
+//! `cargo xtask`: the project's own automation, runnable on a fresh machine.
+//!
+//! - `cargo xtask test`: format check, clippy, then every test (unit, conformance,
+//!   integration, doc tests, benches in smoke mode) with the servers the tests need.
+//! - `cargo xtask bench [ARGS]`: the criterion benches (`cargo bench -p state-benches`).
+//! - `cargo xtask services up|down|status`: the test servers, for manual runs.
+//!
+//! Every command is printed before it runs, so a CI log can be replayed by hand.
+
+use std::process::ExitCode;
+
+mod cmd;
+mod services;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("services") => services::command(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test [--no-lint] | bench [criterion args] | services up|down|status>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    if lint {
+        cmd::cargo(&["fmt", "--all", "--check"])?;
+        cmd::cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    let running = services::Running::start_for_tests()?;
+    let envs = running.env();
+    // Unit, integration and conformance tests, plus benches in criterion's smoke (test) mode.
+    cmd::cargo_with_env(
+        &[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--all-targets",
+            "--no-fail-fast",
+        ],
+        &envs,
+    )?;
+    cmd::cargo_with_env(&["test", "--workspace", "--all-features", "--doc"], &envs)?;
+    running.stop();
+    Ok(())
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let running = services::Running::start_for_tests()?;
+    let mut cmd_args = vec!["bench", "-p", "state-benches"];
+    if !args.is_empty() {
+        cmd_args.push("--");
+        cmd_args.extend(args.iter().map(String::as_str));
+    }
+    let result = cmd::cargo_with_env(&cmd_args, &running.env());
+    running.stop();
+    result
+}

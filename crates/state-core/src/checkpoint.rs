@@ -121,9 +121,7 @@ impl<W: AsyncWrite + Unpin> CheckpointWriter<W> {
             return Err(StateError::invalid_input("value too long for a checkpoint"));
         }
         // A remaining TTL under 1 ms still expires: keep it as 1 ms, never as "no expiry".
-        let ttl_ms = entry
-            .ttl
-            .map_or(0, |ttl| (ttl.as_millis() as u64).max(1));
+        let ttl_ms = entry.ttl.map_or(0, |ttl| (ttl.as_millis() as u64).max(1));
         let mut head = [0u8; 21];
         head[0] = TAG_ENTRY;
         head[1..5].copy_from_slice(&key_len.to_le_bytes());
@@ -182,7 +180,9 @@ impl<R: AsyncRead + Unpin> CheckpointReader<R> {
         if version != VERSION {
             return Err(StateError::new(
                 ErrorKind::Corrupted,
-                format!("checkpoint version {version} is not supported (this build reads {VERSION})"),
+                format!(
+                    "checkpoint version {version} is not supported (this build reads {VERSION})"
+                ),
             )
             .with_operation("restore"));
         }
@@ -411,10 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_keeps_bytes_and_ttl() {
-        let entries = vec![
-            entry(b"\x00\xff", b"", None),
-            entry(b"k", b"v", Some(1500)),
-        ];
+        let entries = vec![entry(b"\x00\xff", b"", None), entry(b"k", b"v", Some(1500))];
         let data = encode(&entries).await;
         let mut r = CheckpointReader::new(&data[..]).await.unwrap();
         let mut back = Vec::new();

@@ -269,7 +269,11 @@ mod tests {
         assert!(StateError::timeout("slow").is_retryable());
         assert!(StateError::connection("down").is_retryable());
         assert!(!StateError::invalid_input("bad").is_retryable());
-        assert!(!StateError::connection("auth").with_retryable(false).is_retryable());
+        assert!(
+            !StateError::connection("auth")
+                .with_retryable(false)
+                .is_retryable()
+        );
     }
 
     #[test]

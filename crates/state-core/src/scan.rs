@@ -14,10 +14,7 @@ pub(crate) fn default_scan<'a, B: StateBackend + ?Sized>(
     let with_ttl = backend.capabilities().ttl;
     let pages = stream::once(backend.list_keys(prefix))
         .map(move |keys| -> StateResult<Vec<Vec<Bytes>>> {
-            Ok(keys?
-                .chunks(DEFAULT_CHUNK)
-                .map(<[Bytes]>::to_vec)
-                .collect())
+            Ok(keys?.chunks(DEFAULT_CHUNK).map(<[Bytes]>::to_vec).collect())
         })
         .flat_map(|pages| match pages {
             Ok(pages) => stream::iter(pages.into_iter().map(Ok)).left_stream(),

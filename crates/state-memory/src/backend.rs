@@ -164,9 +164,10 @@ impl Default for MemoryStateBackend {
 impl MemoryStateBackend {
     /// A backend whose writes expire after `default_ttl` (when given).
     pub fn new(default_ttl: Option<Duration>) -> Self {
-        let mut config = MemoryConfig::default();
-        config.default_ttl = default_ttl;
-        Self::from_config(config)
+        Self::from_config(&MemoryConfig {
+            default_ttl,
+            ..MemoryConfig::default()
+        })
     }
 
     /// A backend with room pre-allocated for `capacity` entries (not a bound; see
@@ -180,7 +181,7 @@ impl MemoryStateBackend {
         MemoryConfig::default()
     }
 
-    pub(crate) fn from_config(config: MemoryConfig) -> Self {
+    pub(crate) fn from_config(config: &MemoryConfig) -> Self {
         let budget = (config.max_entries.is_some() || config.max_bytes.is_some()).then(|| Budget {
             max_entries: config.max_entries.unwrap_or(usize::MAX),
             max_bytes: config.max_bytes.unwrap_or(usize::MAX),
@@ -263,12 +264,13 @@ impl MemoryStateBackend {
         if ttl.is_some() {
             self.ensure_sweeper();
         }
-        self.inner.write(key, Bytes::copy_from_slice(value), Self::expiry(ttl))
+        self.inner
+            .write(key, Bytes::copy_from_slice(value), Self::expiry(ttl))
     }
 }
 
 impl Inner {
-    fn full_error(&self) -> StateError {
+    fn full_error() -> StateError {
         StateError::new(
             ErrorKind::CapacityExceeded,
             "the memory backend is full; the write was refused (raise max_entries/max_bytes or delete state)",
@@ -319,7 +321,7 @@ impl Inner {
                 self.purge_expired();
             }
         }
-        Err(self.full_error())
+        Err(Self::full_error())
     }
 
     fn forget(&self, key_len: usize, slot: &Slot) {
@@ -363,10 +365,7 @@ impl Inner {
                     .remove_if(key, |slot| slot.live_value() == Some(expected))
                     .is_some(),
                 // "Absent → absent": holds when nothing live is there.
-                None => self
-                    .map
-                    .get(key)
-                    .is_none_or(|slot| !slot.is_live()),
+                None => self.map.get(key).is_none_or(|slot| !slot.is_live()),
             });
         };
         let new_bytes = value.len();
@@ -378,7 +377,7 @@ impl Inner {
                 if let Some(budget) = &self.budget {
                     let delta = new_bytes as isize - occupied.get().value.len() as isize;
                     if !budget.try_reserve(0, delta) {
-                        return Err(self.full_error());
+                        return Err(Self::full_error());
                     }
                 }
                 *occupied.get_mut() = Slot { value, expires };
@@ -391,7 +390,7 @@ impl Inner {
                 if let Some(budget) = &self.budget
                     && !budget.try_reserve(1, cost(key.len(), new_bytes) as isize)
                 {
-                    return Err(self.full_error());
+                    return Err(Self::full_error());
                 }
                 vacant.insert(Slot { value, expires });
                 Ok(true)
@@ -476,7 +475,12 @@ impl StateBackend for MemoryStateBackend {
 
     async fn count(&self) -> StateResult<usize> {
         let timer = self.inner.stats.start();
-        let n = self.inner.map.iter().filter(|e| e.value().is_live()).count();
+        let n = self
+            .inner
+            .map
+            .iter()
+            .filter(|e| e.value().is_live())
+            .count();
         self.inner.stats.record(timer, OpKind::Other, 1);
         Ok(n)
     }
@@ -517,7 +521,9 @@ impl StateBackend for MemoryStateBackend {
             })
             .collect();
         let hits = values.iter().filter(|v| v.is_some()).count() as u64;
-        inner.stats.record_hits(timer, hits, keys.len() as u64 - hits);
+        inner
+            .stats
+            .record_hits(timer, hits, keys.len() as u64 - hits);
         inner.stats.record(timer, OpKind::Get, keys.len() as u64);
         Ok(values)
     }
@@ -644,7 +650,9 @@ impl StateBackend for MemoryStateBackend {
                 true
             }
         });
-        self.inner.stats.record(timer, OpKind::Delete, removed as u64);
+        self.inner
+            .stats
+            .record(timer, OpKind::Delete, removed as u64);
         Ok(removed)
     }
 

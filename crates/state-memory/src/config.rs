@@ -103,6 +103,6 @@ impl MemoryConfig {
     /// Builds the backend. The sweeper task starts with the first expiring write, on the tokio
     /// runtime of that call; outside a runtime, expired entries are removed when touched.
     pub fn build(self) -> MemoryStateBackend {
-        MemoryStateBackend::from_config(self)
+        MemoryStateBackend::from_config(&self)
     }
 }

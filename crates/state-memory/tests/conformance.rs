@@ -41,7 +41,9 @@ async fn sweeper_removes_expired_entries_in_the_background() {
         .cleanup_interval(Duration::from_millis(20))
         .build();
     for i in 0..100u32 {
-        b.put_with_ttl(&i.to_le_bytes(), b"v", Duration::from_millis(30)).await.unwrap();
+        b.put_with_ttl(&i.to_le_bytes(), b"v", Duration::from_millis(30))
+            .await
+            .unwrap();
     }
     b.put(b"keep", b"v").await.unwrap();
     assert!(b.sweeper_running());
@@ -58,7 +60,9 @@ async fn dropping_the_backend_stops_the_sweeper() {
     let b = MemoryStateBackend::builder()
         .cleanup_interval(Duration::from_millis(10))
         .build();
-    b.put_with_ttl(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+    b.put_with_ttl(b"k", b"v", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(metrics.num_alive_tasks(), before + 1);
     let weak_probe = b.clone();
     drop(b);
@@ -79,7 +83,10 @@ fn works_without_a_runtime_for_construction() {
     let b = MemoryStateBackend::new(Some(Duration::from_millis(1)));
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(b.purge_expired(), 0);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         b.put(b"k", b"v").await.unwrap();
     });
@@ -100,7 +107,13 @@ async fn bounded_backend_refuses_writes_when_full() {
     assert_eq!(b.count().await.unwrap(), 3);
     b.put(b"a", b"updated").await.unwrap();
     assert!(!b.set_if_not_exists(b"a", b"x", None).await.unwrap());
-    assert_eq!(b.set_if_not_exists(b"e", b"x", None).await.unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    assert_eq!(
+        b.set_if_not_exists(b"e", b"x", None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::CapacityExceeded
+    );
     b.delete(b"b").await.unwrap();
     b.put(b"d", b"v").await.unwrap();
     assert_eq!(b.count().await.unwrap(), 3);
@@ -110,12 +123,19 @@ async fn bounded_backend_refuses_writes_when_full() {
 #[tokio::test]
 async fn bounded_backend_sweeps_expired_before_refusing() {
     let b = MemoryStateBackend::builder().max_entries(2).build();
-    b.put_with_ttl(b"a", b"v", Duration::from_millis(20)).await.unwrap();
-    b.put_with_ttl(b"b", b"v", Duration::from_millis(20)).await.unwrap();
+    b.put_with_ttl(b"a", b"v", Duration::from_millis(20))
+        .await
+        .unwrap();
+    b.put_with_ttl(b"b", b"v", Duration::from_millis(20))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     b.put(b"c", b"v").await.unwrap();
     b.put(b"d", b"v").await.unwrap();
-    assert_eq!(b.put(b"e", b"v").await.unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    assert_eq!(
+        b.put(b"e", b"v").await.unwrap_err().kind(),
+        ErrorKind::CapacityExceeded
+    );
 }
 
 /// A byte bound counts keys, values and the per-entry overhead.
@@ -125,7 +145,10 @@ async fn byte_bound_refuses_oversized_growth() {
     let b = MemoryStateBackend::builder().max_bytes(budget).build();
     b.put(b"a", &[0; 100]).await.unwrap();
     b.put(b"b", &[0; 100]).await.unwrap();
-    assert_eq!(b.put(b"a", &[0; 101]).await.unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    assert_eq!(
+        b.put(b"a", &[0; 101]).await.unwrap_err().kind(),
+        ErrorKind::CapacityExceeded
+    );
     assert_eq!(b.get(b"a").await.unwrap().unwrap().len(), 100);
     b.put(b"a", &[0; 50]).await.unwrap();
     b.put(b"a", &[0; 100]).await.unwrap();

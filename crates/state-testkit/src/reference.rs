@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use state_core::{Capabilities, Limits, OpKind, StateBackend, StateError, StateResult, StatsRecorder};
+use state_core::{
+    Capabilities, Limits, OpKind, StateBackend, StateError, StateResult, StatsRecorder,
+};
 
 #[derive(Clone)]
 struct Slot {
@@ -42,7 +44,10 @@ impl ReferenceBackend {
     }
 
     fn with_map<R>(&self, f: impl FnOnce(&mut BTreeMap<Bytes, Slot>, Instant) -> R) -> R {
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut map, Instant::now())
     }
 

@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
-use state_core::{
-    Capabilities, ErrorKind, ScanStream, StateBackend, StateError, StateResult,
-};
+use state_core::{Capabilities, ErrorKind, ScanStream, StateBackend, StateError, StateResult};
 
 use crate::BackendFactory;
 
@@ -64,7 +62,10 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-pub(crate) async fn collect_scan(backend: &dyn StateBackend, prefix: &[u8]) -> Vec<state_core::Entry> {
+pub(crate) async fn collect_scan(
+    backend: &dyn StateBackend,
+    prefix: &[u8],
+) -> Vec<state_core::Entry> {
     let mut out: Vec<_> = backend
         .scan(prefix)
         .map(|e| e.expect("scan entry"))
@@ -110,8 +111,13 @@ impl StateBackend for FailingScan {
         self.0.capabilities()
     }
     fn scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
-        Box::pin(self.0.scan(prefix).take(1).chain(futures::stream::once(async {
-            Err(StateError::connection("injected failure mid-scan"))
-        })))
+        Box::pin(
+            self.0
+                .scan(prefix)
+                .take(1)
+                .chain(futures::stream::once(async {
+                    Err(StateError::connection("injected failure mid-scan"))
+                })),
+        )
     }
 }

@@ -1,0 +1,779 @@
+//! The sled-backed [`SledStateBackend`].
+
+use std::fmt;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use sled::IVec;
+use state_core::{
+    Capabilities, Entry, Limits, OpKind, ScanStream, StateBackend, StateError, StateResult,
+    StateStats, StatsRecorder, prefix_upper_bound,
+};
+
+use crate::codec::{self, Stored, index_key, now_ms, split_index_key};
+use crate::config::{SledConfig, validate_tree_name};
+use crate::error::{join_error, map_sled};
+
+/// Entries a scan page or a sweep round reads per blocking call.
+const PAGE: usize = 512;
+const SWEEP_BATCH: usize = 10_000;
+
+pub(crate) struct Inner {
+    pub(crate) db: sled::Db,
+    pub(crate) tree: sled::Tree,
+    pub(crate) index: sled::Tree,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) limits: Limits,
+    sync_writes: bool,
+    compression: bool,
+    cleanup_interval: Duration,
+    path: Option<PathBuf>,
+    tree_name: String,
+    stats: StatsRecorder,
+    sweeper_started: AtomicBool,
+    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(handle) = self
+            .sweeper
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            handle.abort();
+        }
+    }
+}
+
+/// An embedded, persistent [`StateBackend`] on [sled](https://docs.rs/sled/0.34) 0.34.
+///
+/// - Point reads and writes run inline: they hit sled's page cache and its in-memory write
+///   buffers, taking about as long as a hash-map lookup plus a copy. Anything that walks the
+///   tree (`list_keys`, `count`, `clear`, `delete_prefix`, each `scan` page, the expiry sweep)
+///   runs on tokio's blocking pool, and flushes run on sled's own thread pool, so the async
+///   runtime never waits on them. No `block_in_place`: it works on current-thread runtimes.
+/// - TTL is stored with the value (millisecond wall-clock expiry), checked on every read and
+///   swept in the background through an expiry index tree.
+/// - `batch_put`, `batch_delete` and [`SledStateBackend::transaction`] are atomic.
+/// - `compare_and_swap`, `set_if_not_exists` and `get_and_delete` use sled's
+///   compare-and-swap on the stored bytes.
+///
+/// Clones share the database; it is flushed and closed when the last clone is dropped.
+///
+/// ```no_run
+/// use state_core::StateBackend;
+/// use state_sled::SledStateBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> state_core::StateResult<()> {
+/// let backend = SledStateBackend::new("/var/lib/optimizer/state")?;
+/// backend.put(b"checkpoint:offset", b"42").await?;
+/// backend.flush().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SledStateBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SledStateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStateBackend")
+            .field("path", &self.inner.path)
+            .field("tree", &self.inner.tree_name)
+            .field("default_ttl", &self.inner.default_ttl)
+            .field("sync_writes", &self.inner.sync_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledStateBackend {
+    /// Opens (or creates) the database in the folder `path` with default settings.
+    ///
+    /// Opening runs sled's recovery synchronously; for very large databases call it from
+    /// `tokio::task::spawn_blocking`.
+    pub fn new(path: impl Into<PathBuf>) -> StateResult<Self> {
+        SledConfig::new(path).build()
+    }
+
+    /// Starts a [`SledConfig`] for the database in `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> SledConfig {
+        SledConfig::new(path)
+    }
+
+    /// Uses the tree `name` of an already open database, so several backends (namespaces)
+    /// share one database and its cache. The database's own settings apply; defaults for
+    /// everything else.
+    pub fn open_tree(db: sled::Db, name: &str) -> StateResult<Self> {
+        let config = SledConfig::new("(shared database)").tree(name);
+        Self::with_db(db, &config, None)
+    }
+
+    pub(crate) fn from_config(config: &SledConfig) -> StateResult<Self> {
+        config.validate()?;
+        let db = config
+            .sled_config()
+            .open()
+            .map_err(|err| map_sled(err).with_operation("open"))?;
+        Self::with_db(db, config, Some(config.path.clone()))
+    }
+
+    fn with_db(db: sled::Db, config: &SledConfig, path: Option<PathBuf>) -> StateResult<Self> {
+        validate_tree_name(&config.tree)?;
+        let tree = db.open_tree(&config.tree).map_err(map_sled)?;
+        let index = db
+            .open_tree(format!("__expiry__{}", config.tree))
+            .map_err(map_sled)?;
+        let backend = Self {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                index,
+                default_ttl: config.default_ttl,
+                limits: config.limits,
+                sync_writes: config.sync_writes,
+                compression: config.compression,
+                cleanup_interval: config.cleanup_interval,
+                path,
+                tree_name: config.tree.clone(),
+                stats: StatsRecorder::new(config.latency_sample_rate),
+                sweeper_started: AtomicBool::new(false),
+                sweeper: Mutex::new(None),
+            }),
+        };
+        // Entries with a TTL may already be on disk from an earlier run.
+        if !backend.inner.index.is_empty() {
+            backend.ensure_sweeper();
+        }
+        Ok(backend)
+    }
+
+    /// The underlying sled database, for features this crate does not wrap.
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// Removes expired entries now (the sweeper does this every `cleanup_interval`); returns
+    /// how many were removed.
+    pub async fn purge_expired(&self) -> StateResult<usize> {
+        self.blocking(|inner| inner.purge_expired(usize::MAX)).await
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> StateResult<u64> {
+        self.inner.db.size_on_disk().map_err(map_sled)
+    }
+
+    pub(crate) async fn blocking<R, F>(&self, f: F) -> StateResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner) -> StateResult<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Whether every write is flushed before it is acknowledged.
+    pub fn sync_writes(&self) -> bool {
+        self.inner.sync_writes
+    }
+
+    async fn durable(&self) -> StateResult<()> {
+        if self.inner.sync_writes {
+            self.inner.db.flush_async().await.map_err(map_sled)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ensure_sweeper(&self) {
+        let inner = &self.inner;
+        if inner.sweeper_started.load(Ordering::Relaxed)
+            || inner.sweeper_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            inner.sweeper_started.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        let every = inner.cleanup_interval;
+        let task = runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let swept =
+                    tokio::task::spawn_blocking(move || inner.purge_expired(SWEEP_BATCH)).await;
+                match swept {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::trace!(removed = n, "sled backend swept expired entries");
+                    }
+                    Ok(Err(err)) => tracing::warn!(error = %err, "sled expiry sweep failed"),
+                    _ => {}
+                }
+            }
+        });
+        *inner
+            .sweeper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
+    }
+
+    fn expiry(&self, ttl: Option<Duration>) -> Option<u64> {
+        let ttl = ttl.or(self.inner.default_ttl)?;
+        self.ensure_sweeper();
+        Some(codec::expiry_after(ttl))
+    }
+}
+
+impl Inner {
+    pub(crate) fn read(&self, key: &[u8]) -> StateResult<Option<Stored>> {
+        match self.tree.get(key).map_err(map_sled)? {
+            Some(raw) => Stored::decode(raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The live value under `key`; an expired one is removed on the way (if unchanged).
+    fn read_live(&self, key: &[u8]) -> StateResult<Option<Stored>> {
+        let Some(stored) = self.read(key)? else {
+            return Ok(None);
+        };
+        if stored.is_live(now_ms()) {
+            return Ok(Some(stored));
+        }
+        let _ = self
+            .tree
+            .compare_and_swap(key, Some(&stored.raw), None::<&[u8]>)
+            .map_err(map_sled)?;
+        Ok(None)
+    }
+
+    fn write(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) -> StateResult<()> {
+        if let Some(at) = expires_at {
+            // Index first: a crash between the two leaves an index entry the sweeper discards,
+            // never an expiring value the sweeper cannot find.
+            self.index
+                .insert(index_key(at, key), &[])
+                .map_err(map_sled)?;
+        }
+        self.tree
+            .insert(key, codec::encode(value, expires_at))
+            .map_err(map_sled)?;
+        Ok(())
+    }
+
+    /// Swaps the stored bytes for `new` when the live value equals `expected`; retries when a
+    /// concurrent writer changed the raw bytes between the read and the swap.
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<(&[u8], Option<u64>)>,
+    ) -> StateResult<bool> {
+        loop {
+            let raw = self.tree.get(key).map_err(map_sled)?;
+            let now = now_ms();
+            let current = match &raw {
+                Some(raw) => {
+                    let stored = Stored::decode(raw.clone())?;
+                    stored.is_live(now).then_some(stored)
+                }
+                None => None,
+            };
+            if current.as_ref().map(Stored::payload) != expected {
+                return Ok(false);
+            }
+            let encoded = new.map(|(value, at)| codec::encode(value, at));
+            if let Some((_, Some(at))) = new {
+                self.index
+                    .insert(index_key(at, key), &[])
+                    .map_err(map_sled)?;
+            }
+            if raw.is_none() && encoded.is_none() {
+                return Ok(true);
+            }
+            let swapped = self
+                .tree
+                .compare_and_swap(key, raw.as_ref(), encoded)
+                .map_err(map_sled)?;
+            if swapped.is_ok() {
+                return Ok(true);
+            }
+            // A concurrent writer changed the bytes between the read and the swap: read again.
+        }
+    }
+
+    fn take_live(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        loop {
+            let Some(raw) = self.tree.get(key).map_err(map_sled)? else {
+                return Ok(None);
+            };
+            let stored = Stored::decode(raw.clone())?;
+            if !stored.is_live(now_ms()) {
+                return Ok(None);
+            }
+            if self
+                .tree
+                .compare_and_swap(key, Some(&raw), None::<&[u8]>)
+                .map_err(map_sled)?
+                .is_ok()
+            {
+                return Ok(Some(stored.into_bytes()));
+            }
+        }
+    }
+
+    fn prefix_range(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = sled::Result<(IVec, IVec)>> + use<> {
+        match prefix_upper_bound(prefix) {
+            Some(end) => self.tree.range(prefix.to_vec()..end),
+            None => self.tree.range(prefix.to_vec()..),
+        }
+    }
+
+    fn purge_expired(&self, limit: usize) -> StateResult<usize> {
+        let now = now_ms();
+        let upper = now.saturating_add(1).to_be_bytes();
+        let mut removed = 0;
+        for item in self.index.range(..&upper[..]).take(limit) {
+            let (ikey, _) = item.map_err(map_sled)?;
+            if let Some((at, key)) = split_index_key(&ikey)
+                && let Some(raw) = self.tree.get(key).map_err(map_sled)?
+                && let Ok(stored) = Stored::decode(raw.clone())
+                && stored.expires_at == Some(at)
+                && !stored.is_live(now)
+                && self
+                    .tree
+                    .compare_and_swap(key, Some(&raw), None::<&[u8]>)
+                    .map_err(map_sled)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+            self.index.remove(&ikey).map_err(map_sled)?;
+        }
+        Ok(removed)
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&IVec>,
+    ) -> StateResult<(Vec<Entry>, Option<IVec>)> {
+        let start = match after {
+            Some(last) => Bound::Excluded(last.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let end = prefix_upper_bound(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        let now = now_ms();
+        let mut entries = Vec::new();
+        let mut last = None;
+        for item in self.tree.range::<Vec<u8>, _>((start, end)).take(PAGE) {
+            let (key, raw) = item.map_err(map_sled)?;
+            let stored = Stored::decode(raw)?;
+            if stored.is_live(now) {
+                entries.push(Entry {
+                    key: Bytes::from_owner(key.clone()),
+                    ttl: stored.ttl(now),
+                    value: stored.into_bytes(),
+                });
+            }
+            last = Some(key);
+        }
+        Ok((entries, last))
+    }
+}
+
+#[async_trait]
+impl StateBackend for SledStateBackend {
+    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        match self.inner.read_live(key) {
+            Ok(value) => {
+                self.inner.stats.record_get(timer, value.is_some());
+                Ok(value.map(Stored::into_bytes))
+            }
+            Err(err) => {
+                self.inner.stats.record_error(timer);
+                Err(err.with_operation("get"))
+            }
+        }
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
+        self.inner.limits.check_entry(key, value)?;
+        let timer = self.inner.stats.start();
+        let result = self.inner.write(key, value, self.expiry(None));
+        self.inner.stats.observe(timer, OpKind::Put, 1, &result);
+        result.map_err(|e| e.with_operation("put"))?;
+        self.durable().await
+    }
+
+    async fn delete(&self, key: &[u8]) -> StateResult<bool> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        let result = self
+            .inner
+            .tree
+            .remove(key)
+            .map_err(map_sled)
+            .and_then(|old| match old {
+                Some(raw) => Ok(Stored::decode(raw)?.is_live(now_ms())),
+                None => Ok(false),
+            });
+        self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
+        let removed = result.map_err(|e| e.with_operation("delete"))?;
+        self.durable().await?;
+        Ok(removed)
+    }
+
+    async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
+        self.inner.limits.check_prefix(prefix)?;
+        let prefix = prefix.to_vec();
+        let timer = self.inner.stats.start();
+        let result = self
+            .blocking(move |inner| {
+                let now = now_ms();
+                let mut keys = Vec::new();
+                for item in inner.prefix_range(&prefix) {
+                    let (key, raw) = item.map_err(map_sled)?;
+                    if Stored::decode(raw)?.is_live(now) {
+                        keys.push(Bytes::from_owner(key));
+                    }
+                }
+                Ok(keys)
+            })
+            .await;
+        self.inner.stats.observe(timer, OpKind::Other, 1, &result);
+        result
+    }
+
+    async fn clear(&self) -> StateResult<()> {
+        let timer = self.inner.stats.start();
+        let result = self
+            .blocking(|inner| {
+                inner.tree.clear().map_err(map_sled)?;
+                inner.index.clear().map_err(map_sled)
+            })
+            .await;
+        self.inner.stats.observe(timer, OpKind::Other, 1, &result);
+        result?;
+        self.durable().await
+    }
+
+    async fn count(&self) -> StateResult<usize> {
+        let timer = self.inner.stats.start();
+        let result = self
+            .blocking(|inner| {
+                let now = now_ms();
+                let mut n = 0;
+                for item in inner.tree.iter().values() {
+                    n += usize::from(Stored::decode(item.map_err(map_sled)?)?.is_live(now));
+                }
+                Ok(n)
+            })
+            .await;
+        self.inner.stats.observe(timer, OpKind::Other, 1, &result);
+        result
+    }
+
+    async fn contains(&self, key: &[u8]) -> StateResult<bool> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        let result = self
+            .inner
+            .read(key)
+            .map(|stored| stored.is_some_and(|s| s.is_live(now_ms())));
+        match &result {
+            Ok(found) => self.inner.stats.record_get(timer, *found),
+            Err(_) => self.inner.stats.record_error(timer),
+        }
+        result
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.ttl = true;
+        caps.atomic = true;
+        caps.atomic_batch = true;
+        caps.native_batch = true;
+        caps.transactions = true;
+        caps.persistence = true;
+        caps.compression = cfg!(feature = "compression");
+        caps.limits = self.inner.limits;
+        caps
+    }
+
+    async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        let timer = self.inner.stats.start();
+        let now = now_ms();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut hits = 0;
+        for key in keys {
+            let value = match self.inner.read(key) {
+                Ok(v) => v.filter(|s| s.is_live(now)).map(Stored::into_bytes),
+                Err(err) => {
+                    self.inner.stats.record_error(timer);
+                    return Err(err.with_operation("batch_get"));
+                }
+            };
+            hits += u64::from(value.is_some());
+            out.push(value);
+        }
+        self.inner
+            .stats
+            .record_hits(timer, hits, keys.len() as u64 - hits);
+        self.inner
+            .stats
+            .record(timer, OpKind::Get, keys.len() as u64);
+        Ok(out)
+    }
+
+    /// Applies every entry in one atomic sled batch.
+    async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
+        for (key, value) in entries {
+            self.inner.limits.check_entry(key, value)?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let timer = self.inner.stats.start();
+        let expires_at = self.expiry(None);
+        let mut batch = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for (key, value) in entries {
+            if let Some(at) = expires_at {
+                index.insert(index_key(at, key), &[]);
+            }
+            batch.insert(*key, codec::encode(value, expires_at));
+        }
+        let result = self
+            .inner
+            .index
+            .apply_batch(index)
+            .and_then(|()| self.inner.tree.apply_batch(batch))
+            .map_err(map_sled);
+        self.inner
+            .stats
+            .observe(timer, OpKind::Put, entries.len() as u64, &result);
+        result.map_err(|e| e.with_operation("batch_put"))?;
+        self.durable().await
+    }
+
+    /// Removes the keys in one sled transaction (all or nothing).
+    async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let timer = self.inner.stats.start();
+        let now = now_ms();
+        let result = self
+            .inner
+            .tree
+            .transaction(|tx| {
+                let mut removed = 0;
+                for key in keys {
+                    if let Some(raw) = tx.remove(*key)? {
+                        removed += usize::from(Stored::decode(raw).is_ok_and(|s| s.is_live(now)));
+                    }
+                }
+                Ok(removed)
+            })
+            .map_err(|err: sled::transaction::TransactionError<()>| match err {
+                sled::transaction::TransactionError::Storage(err) => map_sled(err),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StateError::backend("batch_delete transaction aborted")
+                }
+            });
+        self.inner
+            .stats
+            .observe(timer, OpKind::Delete, keys.len() as u64, &result);
+        let removed = result.map_err(|e| e.with_operation("batch_delete"))?;
+        self.durable().await?;
+        Ok(removed)
+    }
+
+    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
+        self.inner.limits.check_entry(key, value)?;
+        Limits::check_ttl(ttl)?;
+        let timer = self.inner.stats.start();
+        let result = self.inner.write(key, value, self.expiry(Some(ttl)));
+        self.inner.stats.observe(timer, OpKind::Put, 1, &result);
+        result.map_err(|e| e.with_operation("put_with_ttl"))?;
+        self.durable().await
+    }
+
+    async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
+        self.inner.limits.check_key(key)?;
+        let now = now_ms();
+        Ok(self
+            .inner
+            .read(key)?
+            .filter(|s| s.is_live(now))
+            .and_then(|s| s.ttl(now)))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> StateResult<bool> {
+        self.inner.limits.check_key(key)?;
+        if let Some(new) = new {
+            self.inner.limits.check_value(new)?;
+        }
+        let timer = self.inner.stats.start();
+        let expires_at = if new.is_some() {
+            self.expiry(None)
+        } else {
+            None
+        };
+        let result = self
+            .inner
+            .compare_and_swap(key, expected, new.map(|v| (v, expires_at)));
+        self.inner.stats.observe(timer, OpKind::Put, 1, &result);
+        let swapped = result.map_err(|e| e.with_operation("compare_and_swap"))?;
+        if swapped {
+            self.durable().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StateResult<bool> {
+        self.inner.limits.check_entry(key, value)?;
+        if let Some(ttl) = ttl {
+            Limits::check_ttl(ttl)?;
+        }
+        let timer = self.inner.stats.start();
+        let expires_at = self.expiry(ttl);
+        let result = self
+            .inner
+            .compare_and_swap(key, None, Some((value, expires_at)));
+        self.inner.stats.observe(timer, OpKind::Put, 1, &result);
+        let stored = result.map_err(|e| e.with_operation("set_if_not_exists"))?;
+        if stored {
+            self.durable().await?;
+        }
+        Ok(stored)
+    }
+
+    async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        let result = self.inner.take_live(key);
+        self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
+        let value = result.map_err(|e| e.with_operation("get_and_delete"))?;
+        if value.is_some() {
+            self.durable().await?;
+        }
+        Ok(value)
+    }
+
+    async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {
+        self.inner.limits.check_prefix(prefix)?;
+        let prefix = prefix.to_vec();
+        let timer = self.inner.stats.start();
+        let result = self
+            .blocking(move |inner| {
+                let now = now_ms();
+                let mut removed = 0;
+                for item in inner.prefix_range(&prefix) {
+                    let (key, _) = item.map_err(map_sled)?;
+                    if let Some(old) = inner.tree.remove(&key).map_err(map_sled)? {
+                        removed += usize::from(Stored::decode(old)?.is_live(now));
+                    }
+                }
+                Ok(removed)
+            })
+            .await;
+        self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
+        let removed = result?;
+        self.durable().await?;
+        Ok(removed)
+    }
+
+    /// Pages through the key range `[prefix, upper bound)` in sled's key order, 512 entries
+    /// per blocking call; memory stays bounded whatever the tree's size.
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
+        if let Err(err) = self.inner.limits.check_prefix(prefix) {
+            return Box::pin(stream::iter([Err(err)]));
+        }
+        let prefix = prefix.to_vec();
+        // State: the last key read, or None before the first page; `done` ends the stream.
+        let pages = stream::unfold(Some(None::<IVec>), move |state| {
+            let prefix = prefix.clone();
+            async move {
+                let after = state?;
+                let inner = self.inner.clone();
+                let page =
+                    tokio::task::spawn_blocking(move || inner.scan_page(&prefix, after.as_ref()))
+                        .await
+                        .map_err(join_error)
+                        .and_then(|r| r);
+                match page {
+                    Ok((entries, Some(last))) => Some((Ok(entries), Some(Some(last)))),
+                    Ok((entries, None)) => Some((Ok(entries), None)),
+                    Err(err) => Some((Err(err), None)),
+                }
+            }
+        });
+        Box::pin(pages.flat_map(|page| match page {
+            Ok(entries) => stream::iter(entries.into_iter().map(Ok)).left_stream(),
+            Err(err) => stream::iter([Err(err)]).right_stream(),
+        }))
+    }
+
+    async fn stats(&self) -> StateStats {
+        let mut stats = self.inner.stats.snapshot();
+        if let Ok(bytes) = self.inner.db.size_on_disk() {
+            stats
+                .details
+                .insert("size_on_disk_bytes".into(), bytes as f64);
+        }
+        stats.details.insert(
+            "compression".into(),
+            f64::from(u8::from(self.inner.compression)),
+        );
+        stats
+    }
+
+    async fn health_check(&self) -> StateResult<bool> {
+        self.inner
+            .tree
+            .get(b"\0state-health-probe")
+            .map_err(map_sled)?;
+        Ok(true)
+    }
+
+    async fn flush(&self) -> StateResult<()> {
+        self.inner.db.flush_async().await.map_err(map_sled)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! The servers tests need, started isolated on free loopback ports under `target/`.
+//!
+//! This is the seam the networked backends plug into: each one adds a [`Service`] (Redis
+//! standalone, Redis Cluster, PostgreSQL primary + replica) to [`all`], and its start
+//! function returns the environment variables its tests read (`STATE_REDIS_URL`, ...). A
+//! variable already set in the environment points tests at an external server instead, and
+//! the service is not started. The embedded backends (memory, sled) need no server.
+
+use anyhow::bail;
+
+/// A server the test suite needs.
+pub(crate) struct Service {
+    /// Short name shown by `cargo xtask services status`.
+    pub(crate) name: &'static str,
+    /// The variable that, when already set, points tests at an external server instead.
+    pub(crate) env_var: &'static str,
+    /// Starts the server; returns the variables to export and a stop function.
+    pub(crate) start: fn() -> anyhow::Result<Started>,
+}
+
+/// A started server.
+pub(crate) struct Started {
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) stop: Box<dyn FnOnce()>,
+}
+
+/// Every service the workspace's tests use.
+pub(crate) fn all() -> Vec<Service> {
+    Vec::new()
+}
+
+/// Servers started for one test run; stopped by [`Running::stop`] or on drop (also when the
+/// run fails or panics).
+pub(crate) struct Running {
+    env: Vec<(String, String)>,
+    stops: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Running {
+    pub(crate) fn start_for_tests() -> anyhow::Result<Self> {
+        let mut running = Running {
+            env: Vec::new(),
+            stops: Vec::new(),
+        };
+        for service in all() {
+            if let Ok(value) = std::env::var(service.env_var) {
+                eprintln!("xtask: {} from {}={value}", service.name, service.env_var);
+                continue;
+            }
+            eprintln!("xtask: starting {}", service.name);
+            let started = (service.start)()?;
+            running.env.extend(started.env);
+            running.stops.push(started.stop);
+        }
+        Ok(running)
+    }
+
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    pub(crate) fn stop(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        while let Some(stop) = self.stops.pop() {
+            stop();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+pub(crate) fn command(args: &[String]) -> anyhow::Result<()> {
+    let services = all();
+    match args.first().map(String::as_str) {
+        Some("status") | None => {
+            if services.is_empty() {
+                println!(
+                    "no server-backed backends in this workspace yet: memory and sled need no server"
+                );
+            }
+            for s in services {
+                let from_env = std::env::var(s.env_var).ok();
+                println!(
+                    "{:<24} {}",
+                    s.name,
+                    from_env.map_or("managed by xtask".to_owned(), |v| format!(
+                        "external ({}={v})",
+                        s.env_var
+                    ))
+                );
+            }
+            Ok(())
+        }
+        Some("up" | "down") if services.is_empty() => {
+            println!("nothing to start or stop: memory and sled need no server");
+            Ok(())
+        }
+        Some(other) => {
+            bail!("`services {other}` is not available yet: no server-backed backend is registered")
+        }
+    }
+}
