@@ -69,9 +69,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let running = services::Running::start_for_tests()?;
     let mut cmd_args = vec!["bench", "-p", "state-benches"];
-    if !args.is_empty() {
+    let mut rest = args;
+    // `cargo xtask bench memory` runs one bench binary; anything else goes to criterion.
+    if let Some(name) = args.first().filter(|a| !a.starts_with('-')) {
+        cmd_args.extend(["--bench", name.as_str()]);
+        rest = &args[1..];
+    }
+    if !rest.is_empty() {
         cmd_args.push("--");
-        cmd_args.extend(args.iter().map(String::as_str));
+        cmd_args.extend(rest.iter().map(String::as_str));
     }
     let result = cmd::cargo_with_env(&cmd_args, &running.env());
     running.stop();

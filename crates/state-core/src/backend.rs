@@ -10,7 +10,7 @@ use futures_core::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::checkpoint::{self, CheckpointSummary, RestoreSummary};
-use crate::{Capabilities, StateError, StateResult, StateStats};
+use crate::{Capabilities, StateError, StateFuture, StateResult, StateStats};
 
 /// One stored entry, as yielded by [`StateBackend::scan`] and carried by checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +74,17 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 #[async_trait]
 pub trait StateBackend: Send + Sync + fmt::Debug {
     /// Returns the value stored under `key`, or `None`.
-    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>>;
+    ///
+    /// The four point operations (`get`, `put`, `delete`, `contains`) return a
+    /// [`StateFuture`] rather than being `async fn`s, so an in-process backend answers
+    /// without allocating a boxed future per call; `.await` them as usual.
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>>;
 
     /// Stores `value` under `key`, replacing any previous value and TTL.
-    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()>;
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()>;
 
     /// Removes `key`; returns whether a live entry was removed. A missing key is not an error.
-    async fn delete(&self, key: &[u8]) -> StateResult<bool>;
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool>;
 
     /// Lists every live key starting with `prefix` (empty: all keys), in unspecified order.
     ///
@@ -94,7 +98,7 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     async fn count(&self) -> StateResult<usize>;
 
     /// Whether a live entry exists under `key`.
-    async fn contains(&self, key: &[u8]) -> StateResult<bool>;
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool>;
 
     /// What this backend supports, and its size limits.
     ///

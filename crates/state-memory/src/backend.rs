@@ -12,7 +12,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use futures_util::stream;
 use state_core::{
     Capabilities, Entry, ErrorKind, Limits, OpKind, ScanStream, StateBackend, StateError,
-    StateResult, StateStats, StatsRecorder,
+    StateFuture, StateResult, StateStats, StatsRecorder,
 };
 
 use crate::config::MemoryConfig;
@@ -411,9 +411,8 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl StateBackend for MemoryStateBackend {
-    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+impl MemoryStateBackend {
+    fn get_now(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
         let inner = &*self.inner;
         inner.limits.check_key(key)?;
         let timer = inner.stats.start();
@@ -430,7 +429,7 @@ impl StateBackend for MemoryStateBackend {
         Ok(value)
     }
 
-    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
+    fn put_now(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
         self.inner.limits.check_entry(key, value)?;
         let timer = self.inner.stats.start();
         let result = self.write(key, value, None);
@@ -438,7 +437,7 @@ impl StateBackend for MemoryStateBackend {
         result
     }
 
-    async fn delete(&self, key: &[u8]) -> StateResult<bool> {
+    fn delete_now(&self, key: &[u8]) -> StateResult<bool> {
         self.inner.limits.check_key(key)?;
         let timer = self.inner.stats.start();
         let removed = self
@@ -447,6 +446,30 @@ impl StateBackend for MemoryStateBackend {
             .is_some_and(|slot| slot.is_live());
         self.inner.stats.record(timer, OpKind::Delete, 1);
         Ok(removed)
+    }
+
+    fn contains_now(&self, key: &[u8]) -> StateResult<bool> {
+        let inner = &*self.inner;
+        inner.limits.check_key(key)?;
+        let timer = inner.stats.start();
+        let found = inner.map.get(key).is_some_and(|slot| slot.is_live());
+        inner.stats.record_get(timer, found);
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl StateBackend for MemoryStateBackend {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::ready(self.get_now(key))
+    }
+
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        StateFuture::ready(self.put_now(key, value))
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::ready(self.delete_now(key))
     }
 
     async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
@@ -485,13 +508,8 @@ impl StateBackend for MemoryStateBackend {
         Ok(n)
     }
 
-    async fn contains(&self, key: &[u8]) -> StateResult<bool> {
-        let inner = &*self.inner;
-        inner.limits.check_key(key)?;
-        let timer = inner.stats.start();
-        let found = inner.map.get(key).is_some_and(|slot| slot.is_live());
-        inner.stats.record_get(timer, found);
-        Ok(found)
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::ready(self.contains_now(key))
     }
 
     fn capabilities(&self) -> Capabilities {

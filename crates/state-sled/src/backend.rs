@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use sled::IVec;
 use state_core::{
-    Capabilities, Entry, Limits, OpKind, ScanStream, StateBackend, StateError, StateResult,
-    StateStats, StatsRecorder, prefix_upper_bound,
+    Capabilities, Entry, Limits, OpKind, ScanStream, StateBackend, StateError, StateFuture,
+    StateResult, StateStats, StatsRecorder, prefix_upper_bound,
 };
 
 use crate::codec::{self, Stored, index_key, now_ms, split_index_key};
@@ -398,9 +398,8 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl StateBackend for SledStateBackend {
-    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+impl SledStateBackend {
+    fn get_now(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
         self.inner.limits.check_key(key)?;
         let timer = self.inner.stats.start();
         match self.inner.read_live(key) {
@@ -415,16 +414,29 @@ impl StateBackend for SledStateBackend {
         }
     }
 
-    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
+    fn contains_now(&self, key: &[u8]) -> StateResult<bool> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        let result = self
+            .inner
+            .read(key)
+            .map(|stored| stored.is_some_and(|s| s.is_live(now_ms())));
+        match &result {
+            Ok(found) => self.inner.stats.record_get(timer, *found),
+            Err(_) => self.inner.stats.record_error(timer),
+        }
+        result
+    }
+
+    fn put_now(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
         self.inner.limits.check_entry(key, value)?;
         let timer = self.inner.stats.start();
         let result = self.inner.write(key, value, self.expiry(None));
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
-        result.map_err(|e| e.with_operation("put"))?;
-        self.durable().await
+        result.map_err(|e| e.with_operation("put"))
     }
 
-    async fn delete(&self, key: &[u8]) -> StateResult<bool> {
+    fn delete_now(&self, key: &[u8]) -> StateResult<bool> {
         self.inner.limits.check_key(key)?;
         let timer = self.inner.stats.start();
         let result = self
@@ -437,9 +449,35 @@ impl StateBackend for SledStateBackend {
                 None => Ok(false),
             });
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
-        let removed = result.map_err(|e| e.with_operation("delete"))?;
-        self.durable().await?;
-        Ok(removed)
+        result.map_err(|e| e.with_operation("delete"))
+    }
+
+    /// Answers at once, or after a flush when `sync_writes` is on.
+    fn then_durable<T: Send + 'static>(&self, result: StateResult<T>) -> StateFuture<'_, T> {
+        match result {
+            Ok(value) if self.inner.sync_writes => StateFuture::boxed(async move {
+                self.durable().await?;
+                Ok(value)
+            }),
+            other => StateFuture::ready(other),
+        }
+    }
+}
+
+#[async_trait]
+impl StateBackend for SledStateBackend {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::ready(self.get_now(key))
+    }
+
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        let written = self.put_now(key, value);
+        self.then_durable(written)
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        let removed = self.delete_now(key);
+        self.then_durable(removed)
     }
 
     async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
@@ -492,18 +530,8 @@ impl StateBackend for SledStateBackend {
         result
     }
 
-    async fn contains(&self, key: &[u8]) -> StateResult<bool> {
-        self.inner.limits.check_key(key)?;
-        let timer = self.inner.stats.start();
-        let result = self
-            .inner
-            .read(key)
-            .map(|stored| stored.is_some_and(|s| s.is_live(now_ms())));
-        match &result {
-            Ok(found) => self.inner.stats.record_get(timer, *found),
-            Err(_) => self.inner.stats.record_error(timer),
-        }
-        result
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::ready(self.contains_now(key))
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use state_core::{
-    Capabilities, Limits, OpKind, StateBackend, StateError, StateResult, StatsRecorder,
+    Capabilities, Limits, OpKind, StateBackend, StateError, StateFuture, StateResult, StatsRecorder,
 };
 
 #[derive(Clone)]
@@ -58,9 +58,8 @@ impl ReferenceBackend {
     }
 }
 
-#[async_trait]
-impl StateBackend for ReferenceBackend {
-    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+impl ReferenceBackend {
+    fn get_now(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
         self.limits.check_key(key)?;
         let timer = self.stats.start();
         let value = self.with_map(|map, now| Self::live_value(map, key, now));
@@ -68,7 +67,7 @@ impl StateBackend for ReferenceBackend {
         Ok(value)
     }
 
-    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
+    fn put_now(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
         self.limits.check_entry(key, value)?;
         let timer = self.stats.start();
         self.stats.record(timer, OpKind::Put, 1);
@@ -84,9 +83,28 @@ impl StateBackend for ReferenceBackend {
         Ok(())
     }
 
-    async fn delete(&self, key: &[u8]) -> StateResult<bool> {
+    fn delete_now(&self, key: &[u8]) -> StateResult<bool> {
         self.limits.check_key(key)?;
         Ok(self.with_map(|map, now| map.remove(key).is_some_and(|slot| slot.live(now))))
+    }
+
+    fn contains_now(&self, key: &[u8]) -> StateResult<bool> {
+        Ok(self.get_now(key)?.is_some())
+    }
+}
+
+#[async_trait]
+impl StateBackend for ReferenceBackend {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::ready(self.get_now(key))
+    }
+
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        StateFuture::ready(self.put_now(key, value))
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::ready(self.delete_now(key))
     }
 
     async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
@@ -108,8 +126,8 @@ impl StateBackend for ReferenceBackend {
         Ok(self.with_map(|map, now| map.values().filter(|slot| slot.live(now)).count()))
     }
 
-    async fn contains(&self, key: &[u8]) -> StateResult<bool> {
-        Ok(self.get(key).await?.is_some())
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::ready(self.contains_now(key))
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
-use state_core::{Capabilities, ErrorKind, ScanStream, StateBackend, StateError, StateResult};
+use state_core::{
+    Capabilities, ErrorKind, ScanStream, StateBackend, StateError, StateFuture, StateResult,
+};
 
 use crate::BackendFactory;
 
@@ -86,14 +88,14 @@ pub struct FailingScan(pub Arc<dyn StateBackend>);
 
 #[async_trait]
 impl StateBackend for FailingScan {
-    async fn get(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
-        self.0.get(key).await
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        self.0.get(key)
     }
-    async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
-        self.0.put(key, value).await
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        self.0.put(key, value)
     }
-    async fn delete(&self, key: &[u8]) -> StateResult<bool> {
-        self.0.delete(key).await
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.0.delete(key)
     }
     async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
         self.0.list_keys(prefix).await
@@ -104,8 +106,8 @@ impl StateBackend for FailingScan {
     async fn count(&self) -> StateResult<usize> {
         self.0.count().await
     }
-    async fn contains(&self, key: &[u8]) -> StateResult<bool> {
-        self.0.contains(key).await
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.0.contains(key)
     }
     fn capabilities(&self) -> Capabilities {
         self.0.capabilities()
