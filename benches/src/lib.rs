@@ -312,3 +312,13 @@ pub fn criterion() -> criterion::Criterion {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The Rust examples of `docs/backends.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/backends.md")]
+struct BackendsDoctests;
+
+/// The Rust examples of `docs/architecture.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/architecture.md")]
+struct ArchitectureDoctests;

@@ -3,6 +3,7 @@
 //! - `cargo xtask test`: format check, clippy, then every test (unit, conformance,
 //!   integration, doc tests, benches in smoke mode) with the servers the tests need.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`cargo bench -p state-benches`).
+//! - `cargo xtask package`: `cargo package` of every publishable crate.
 //! - `cargo xtask services up|down|status`: the test servers, for manual runs.
 //!
 //! Every command is printed before it runs, so a CI log can be replayed by hand.
@@ -18,9 +19,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("services") => services::command(&args[1..]),
+        Some("package") => package(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | bench [criterion args] | services up|down|status>"
+                "usage: cargo xtask <test [--no-lint] | bench [NAME] [criterion args] | package | services up|down|status>"
             );
             return ExitCode::from(2);
         }
@@ -63,7 +65,24 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     )?;
     cmd::cargo_with_env(&["test", "--workspace", "--all-features", "--doc"], &envs)?;
     running.stop();
-    Ok(())
+    package()
+}
+
+/// Every publishable crate packages (together, so path dependencies between them resolve).
+fn package() -> anyhow::Result<()> {
+    cmd::cargo(&[
+        "package",
+        "--allow-dirty",
+        "--no-verify",
+        "-p",
+        "state-core",
+        "-p",
+        "state-testkit",
+        "-p",
+        "state-memory",
+        "-p",
+        "state-sled",
+    ])
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
