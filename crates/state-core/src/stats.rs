@@ -102,7 +102,7 @@ const GROUPING_POWER: u8 = 4;
 const MAX_VALUE_POWER: u8 = 40;
 
 #[repr(align(128))]
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Counters {
     gets: AtomicU64,
     hits: AtomicU64,
@@ -122,23 +122,14 @@ thread_local! {
     static LOCAL: Cell<(usize, u32)> = const { Cell::new((usize::MAX, 0)) };
 }
 
-/// A started operation: which stripe it counts on and, when sampled, when it began.
+/// A started operation: the counters it lands on and, when sampled, when it began.
 #[derive(Debug, Clone, Copy)]
 #[must_use = "pass the timer back to StatsRecorder::record"]
-pub struct OpTimer {
-    thread: usize,
+pub struct OpTimer<'a> {
+    counters: &'a Counters,
+    exclusive: bool,
+    histogram: usize,
     started: Option<Instant>,
-}
-
-impl OpTimer {
-    #[inline]
-    fn stripe(self) -> (usize, bool) {
-        if self.thread < OWNED_STRIPES {
-            (self.thread, true)
-        } else {
-            (OWNED_STRIPES + self.thread % SHARED_STRIPES, false)
-        }
-    }
 }
 
 /// Adds `n` to a counter. The first [`OWNED_STRIPES`] threads of the process each own a
@@ -216,7 +207,7 @@ impl StatsRecorder {
 
     /// Starts timing an operation.
     #[inline]
-    pub fn start(&self) -> OpTimer {
+    pub fn start(&self) -> OpTimer<'_> {
         let (thread, sampled) = LOCAL.with(|local| {
             let (mut thread, tick) = local.get();
             if thread == usize::MAX {
@@ -225,38 +216,55 @@ impl StatsRecorder {
             local.set((thread, tick.wrapping_add(1)));
             (thread, tick & self.sample_mask == 0)
         });
+        let (index, exclusive) = if thread < OWNED_STRIPES {
+            (thread, true)
+        } else {
+            (OWNED_STRIPES + thread % SHARED_STRIPES, false)
+        };
         OpTimer {
-            thread,
+            counters: &self.counters[index],
+            exclusive,
+            histogram: thread % HISTOGRAMS,
             started: sampled.then(Instant::now),
         }
     }
 
     #[inline]
-    fn finish(&self, timer: OpTimer) -> (&Counters, bool) {
-        let (index, exclusive) = timer.stripe();
-        let counters = &self.counters[index];
+    fn finish<'a>(&self, timer: OpTimer<'a>) -> (&'a Counters, bool) {
         if let Some(started) = timer.started {
-            let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-            bump(&counters.latency_sum_ns, nanos, exclusive);
-            bump(&counters.latency_samples, 1, exclusive);
-            // Values past the histogram's range (~18 min) are clamped into its last bucket.
-            let _ = self.histograms[timer.thread % HISTOGRAMS]
-                .increment(nanos.min((1 << MAX_VALUE_POWER) - 1));
+            self.record_latency(&timer, started);
         }
-        (counters, exclusive)
+        (timer.counters, timer.exclusive)
+    }
+
+    #[cold]
+    fn record_latency(&self, timer: &OpTimer<'_>, started: Instant) {
+        let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        bump(&timer.counters.latency_sum_ns, nanos, timer.exclusive);
+        bump(&timer.counters.latency_samples, 1, timer.exclusive);
+        // Values past the histogram's range (~18 min) are clamped into its last bucket.
+        let _ = self.histograms[timer.histogram].increment(nanos.min((1 << MAX_VALUE_POWER) - 1));
     }
 
     /// Records a point read and whether it found a value.
     #[inline]
-    pub fn record_get(&self, timer: OpTimer, hit: bool) {
+    pub fn record_get(&self, timer: OpTimer<'_>, hit: bool) {
         let (c, exclusive) = self.finish(timer);
-        bump(&c.gets, 1, exclusive);
         bump(if hit { &c.hits } else { &c.misses }, 1, exclusive);
     }
 
-    /// Records `n` operations of `kind` finished as one call (a batch counts each entry).
+    /// Records a batch read of `hits + misses` keys.
     #[inline]
-    pub fn record(&self, timer: OpTimer, kind: OpKind, n: u64) {
+    pub fn record_batch_get(&self, timer: OpTimer<'_>, hits: u64, misses: u64) {
+        let (c, exclusive) = self.finish(timer);
+        bump(&c.hits, hits, exclusive);
+        bump(&c.misses, misses, exclusive);
+    }
+
+    /// Records `n` operations of `kind` finished as one call (a batch counts each entry).
+    /// Reads recorded here count as reads without a hit or miss.
+    #[inline]
+    pub fn record(&self, timer: OpTimer<'_>, kind: OpKind, n: u64) {
         let (c, exclusive) = self.finish(timer);
         let counter = match kind {
             OpKind::Get => &c.gets,
@@ -267,25 +275,16 @@ impl StatsRecorder {
         bump(counter, n, exclusive);
     }
 
-    /// Records batch-read hits and misses (the read itself is counted by `record`).
-    #[inline]
-    pub fn record_hits(&self, timer: OpTimer, hits: u64, misses: u64) {
-        let (index, exclusive) = timer.stripe();
-        let c = &self.counters[index];
-        bump(&c.hits, hits, exclusive);
-        bump(&c.misses, misses, exclusive);
-    }
-
     /// Records a failed operation.
     #[inline]
-    pub fn record_error(&self, timer: OpTimer) {
+    pub fn record_error(&self, timer: OpTimer<'_>) {
         let (c, exclusive) = self.finish(timer);
         bump(&c.errors, 1, exclusive);
     }
 
     /// Records the outcome of a call: an error counts as an error, success as `n` ops of `kind`.
     #[inline]
-    pub fn observe<T>(&self, timer: OpTimer, kind: OpKind, n: u64, result: &StateResult<T>) {
+    pub fn observe<T>(&self, timer: OpTimer<'_>, kind: OpKind, n: u64, result: &StateResult<T>) {
         match result {
             Ok(_) => self.record(timer, kind, n),
             Err(_) => self.record_error(timer),
@@ -301,9 +300,10 @@ impl StatsRecorder {
         let mut latency_sum = 0u64;
         let mut merged: Option<Histogram> = None;
         for c in &*self.counters {
-            stats.gets += c.gets.load(Relaxed);
-            stats.hits += c.hits.load(Relaxed);
-            stats.misses += c.misses.load(Relaxed);
+            let (hits, misses) = (c.hits.load(Relaxed), c.misses.load(Relaxed));
+            stats.gets += c.gets.load(Relaxed) + hits + misses;
+            stats.hits += hits;
+            stats.misses += misses;
             stats.puts += c.puts.load(Relaxed);
             stats.deletes += c.deletes.load(Relaxed);
             stats.other_ops += c.other.load(Relaxed);

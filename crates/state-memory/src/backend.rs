@@ -541,8 +541,7 @@ impl StateBackend for MemoryStateBackend {
         let hits = values.iter().filter(|v| v.is_some()).count() as u64;
         inner
             .stats
-            .record_hits(timer, hits, keys.len() as u64 - hits);
-        inner.stats.record(timer, OpKind::Get, keys.len() as u64);
+            .record_batch_get(timer, hits, keys.len() as u64 - hits);
         Ok(values)
     }
 

@@ -568,10 +568,7 @@ impl StateBackend for SledStateBackend {
         }
         self.inner
             .stats
-            .record_hits(timer, hits, keys.len() as u64 - hits);
-        self.inner
-            .stats
-            .record(timer, OpKind::Get, keys.len() as u64);
+            .record_batch_get(timer, hits, keys.len() as u64 - hits);
         Ok(out)
     }
 
