@@ -11,6 +11,8 @@
 use std::process::ExitCode;
 
 mod cmd;
+mod proc;
+mod redis;
 mod services;
 
 fn main() -> ExitCode {

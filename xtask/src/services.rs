@@ -26,7 +26,18 @@ pub(crate) struct Started {
 
 /// Every service the workspace's tests use.
 pub(crate) fn all() -> Vec<Service> {
-    Vec::new()
+    vec![
+        Service {
+            name: "redis standalone",
+            env_var: "STATE_REDIS_URL",
+            start: crate::redis::start_standalone,
+        },
+        Service {
+            name: "redis cluster (3 masters + 3 replicas)",
+            env_var: "STATE_REDIS_CLUSTER_URLS",
+            start: crate::redis::start_cluster,
+        },
+    ]
 }
 
 /// Servers started for one test run; stopped by [`Running::stop`] or on drop (also when the
@@ -77,33 +88,45 @@ impl Drop for Running {
 }
 
 pub(crate) fn command(args: &[String]) -> anyhow::Result<()> {
-    let services = all();
     match args.first().map(String::as_str) {
         Some("status") | None => {
-            if services.is_empty() {
-                println!(
-                    "no server-backed backends in this workspace yet: memory and sled need no server"
+            for s in all() {
+                let state = std::env::var(s.env_var).map_or_else(
+                    |_| "started by `cargo xtask test` / `services up`".to_owned(),
+                    |v| format!("external: {}={v}", s.env_var),
                 );
-            }
-            for s in services {
-                let from_env = std::env::var(s.env_var).ok();
-                println!(
-                    "{:<24} {}",
-                    s.name,
-                    from_env.map_or("managed by xtask".to_owned(), |v| format!(
-                        "external ({}={v})",
-                        s.env_var
-                    ))
-                );
+                println!("{:<40} {state}", s.name);
             }
             Ok(())
         }
-        Some("up" | "down") if services.is_empty() => {
-            println!("nothing to start or stop: memory and sled need no server");
+        Some("up") => {
+            let running = Running::start_for_tests()?;
+            let exports = running
+                .env()
+                .iter()
+                .map(|(k, v)| format!("export {k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let file = crate::cmd::workspace_root().join("target/services/env.sh");
+            std::fs::create_dir_all(file.parent().expect("has a parent"))?;
+            std::fs::write(&file, &exports)?;
+            println!("{exports}");
+            println!(
+                "# also in {}; run tests in another shell after `source`-ing it.",
+                file.display()
+            );
+            println!("# servers run until you press Enter or Ctrl-C.");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            running.stop();
             Ok(())
         }
-        Some(other) => {
-            bail!("`services {other}` is not available yet: no server-backed backend is registered")
+        Some("down") => {
+            println!(
+                "`services up` runs in the foreground and stops its servers on Enter or Ctrl-C; nothing to do."
+            );
+            Ok(())
         }
+        Some(other) => bail!("unknown `services {other}`; use up, down or status"),
     }
 }

@@ -1,0 +1,168 @@
+//! Isolated Redis servers for the tests: one standalone server and a Cluster of 3 masters with
+//! one replica each, on free loopback ports, data under `target/services/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::proc::{Guarded, free_port, output, require_binary, wait_until};
+use crate::services::Started;
+
+fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let server = require_binary("redis-server", &["redis-server"], &[])?;
+    let cli = require_binary("redis-cli", &["redis-tools"], &[])?;
+    Ok((server, cli))
+}
+
+fn services_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = crate::cmd::workspace_root()
+        .join("target/services")
+        .join(format!("{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn redis_server(server: &Path, dir: &Path, port: u16, cluster: bool) -> anyhow::Result<Guarded> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(server);
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(dir)
+    .args(["--logfile", "redis.log", "--protected-mode", "no"]);
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]);
+    }
+    Guarded::spawn(format!("redis-server :{port}"), &mut cmd)
+}
+
+fn ping(cli: &Path, port: u16) -> bool {
+    output(Command::new(cli).args(["-p", &port.to_string(), "ping"]))
+        .is_some_and(|o| o.trim() == "PONG")
+}
+
+/// Starts a standalone server; exports `STATE_REDIS_URL` and the binary paths tests use to
+/// start throwaway servers of their own (restart and pause tests).
+pub(crate) fn start_standalone() -> anyhow::Result<Started> {
+    let (server, cli) = binaries()?;
+    let dir = services_dir("redis")?;
+    let port = free_port(0)?;
+    let mut child = redis_server(&server, &dir, port, false)?;
+    wait_until(
+        "redis-server to answer PING",
+        Duration::from_secs(20),
+        || ping(&cli, port) || child.exited(),
+    )?;
+    if child.exited() {
+        bail!(
+            "redis-server exited at start; see {}",
+            dir.join("redis.log").display()
+        );
+    }
+    eprintln!("xtask: redis standalone on 127.0.0.1:{port}");
+    Ok(Started {
+        env: vec![
+            (
+                "STATE_REDIS_URL".into(),
+                format!("redis://127.0.0.1:{port}"),
+            ),
+            (
+                "STATE_REDIS_SERVER_BIN".into(),
+                server.display().to_string(),
+            ),
+            ("STATE_REDIS_CLI_BIN".into(), cli.display().to_string()),
+        ],
+        stop: Box::new(move || {
+            child.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    })
+}
+
+/// Starts six cluster-enabled servers, joins them with `redis-cli --cluster create` (3
+/// masters, 1 replica each) and waits for `cluster_state:ok` on every node; exports
+/// `STATE_REDIS_CLUSTER_URLS` (comma-separated).
+pub(crate) fn start_cluster() -> anyhow::Result<Started> {
+    let (server, cli) = binaries()?;
+    let dir = services_dir("redis-cluster")?;
+    let mut ports = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..6 {
+        let mut port = free_port(10_000)?;
+        while ports.contains(&port) {
+            port = free_port(10_000)?;
+        }
+        children.push(redis_server(
+            &server,
+            &dir.join(port.to_string()),
+            port,
+            true,
+        )?);
+        ports.push(port);
+    }
+    for (port, child) in ports.iter().zip(children.iter_mut()) {
+        wait_until(
+            "cluster node to answer PING",
+            Duration::from_secs(20),
+            || ping(&cli, *port) || child.exited(),
+        )?;
+        if child.exited() {
+            bail!("cluster node :{port} exited at start");
+        }
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut create = Command::new(&cli);
+    create.arg("--cluster").arg("create").args(&nodes).args([
+        "--cluster-replicas",
+        "1",
+        "--cluster-yes",
+    ]);
+    eprintln!("$ {create:?}");
+    output(&mut create).context("redis-cli --cluster create failed")?;
+    for port in &ports {
+        wait_until("cluster_state:ok", Duration::from_secs(60), || {
+            output(Command::new(&cli).args(["-p", &port.to_string(), "cluster", "info"]))
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+        })?;
+    }
+    // Replicas must have synced before failover tests can promote them.
+    wait_until("every replica to sync", Duration::from_secs(60), || {
+        ports.iter().all(|p| {
+            output(Command::new(&cli).args(["-p", &p.to_string(), "info", "replication"]))
+                .is_some_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+        })
+    })?;
+    eprintln!("xtask: redis cluster on {}", nodes.join(", "));
+    let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}")).collect();
+    Ok(Started {
+        env: vec![("STATE_REDIS_CLUSTER_URLS".into(), urls.join(","))],
+        stop: Box::new(move || {
+            for mut child in children {
+                child.stop();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    })
+}
