@@ -163,7 +163,9 @@ impl SledStateBackend {
     /// Removes expired entries now (the sweeper does this every `cleanup_interval`); returns
     /// how many were removed.
     pub async fn purge_expired(&self) -> StateResult<usize> {
-        self.blocking(|inner| inner.purge_expired(usize::MAX)).await
+        self.blocking(|inner| inner.purge_expired(usize::MAX))
+            .await
+            .map(|(_, removed)| removed)
     }
 
     /// Bytes the database occupies on disk.
@@ -212,15 +214,27 @@ impl SledStateBackend {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                let swept =
-                    tokio::task::spawn_blocking(move || inner.purge_expired(SWEEP_BATCH)).await;
-                match swept {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::trace!(removed = n, "sled backend swept expired entries");
+                // Drain everything that has expired, one bounded batch per blocking call, so
+                // the sweep keeps up with any rate of expiring writes.
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let swept =
+                        tokio::task::spawn_blocking(move || inner.purge_expired(SWEEP_BATCH)).await;
+                    match swept {
+                        Ok(Ok((visited, removed))) => {
+                            if removed > 0 {
+                                tracing::trace!(removed, "sled backend swept expired entries");
+                            }
+                            if visited < SWEEP_BATCH {
+                                break;
+                            }
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "sled expiry sweep failed");
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    Ok(Err(err)) => tracing::warn!(error = %err, "sled expiry sweep failed"),
-                    _ => {}
                 }
             }
         });
@@ -345,11 +359,14 @@ impl Inner {
         }
     }
 
-    fn purge_expired(&self, limit: usize) -> StateResult<usize> {
+    /// Visits up to `limit` expiry-index entries that are due; returns (visited, removed).
+    fn purge_expired(&self, limit: usize) -> StateResult<(usize, usize)> {
         let now = now_ms();
         let upper = now.saturating_add(1).to_be_bytes();
         let mut removed = 0;
+        let mut visited = 0;
         for item in self.index.range(..&upper[..]).take(limit) {
+            visited += 1;
             let (ikey, _) = item.map_err(map_sled)?;
             if let Some((at, key)) = split_index_key(&ikey)
                 && let Some(raw) = self.tree.get(key).map_err(map_sled)?
@@ -366,7 +383,7 @@ impl Inner {
             }
             self.index.remove(&ikey).map_err(map_sled)?;
         }
-        Ok(removed)
+        Ok((visited, removed))
     }
 
     fn scan_page(
