@@ -84,6 +84,8 @@ fn package() -> anyhow::Result<()> {
         "state-memory",
         "-p",
         "state-sled",
+        "-p",
+        "state-redis",
     ])
 }
 

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+mod config;
+mod error;
+mod scripts;
+
+pub use backend::RedisStateBackend;
+pub use config::{DEFAULT_KEY_PREFIX, RedisConfig, RedisConfigBuilder, Topology};
+
+/// The fred version this crate is built on.
+pub use fred;
+pub use state_core;

@@ -1,0 +1,52 @@
+//! The shared conformance suite against real Redis servers: a standalone server
+//! (`STATE_REDIS_URL`) and a Cluster (`STATE_REDIS_CLUSTER_URLS`), both started by
+//! `cargo xtask test`. Without them these tests fail: they never skip.
+
+use std::sync::Arc;
+
+use state_core::{StateBackend, StateResult};
+use state_redis::{RedisConfig, RedisStateBackend};
+use state_testkit::BackendFactory;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `cargo xtask test` (it starts Redis) or point {name} at a server")
+    })
+}
+
+/// Each namespace is a key prefix on the shared server.
+struct Standalone;
+
+#[async_trait::async_trait]
+impl BackendFactory for Standalone {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let config = RedisConfig::builder()
+            .url(env("STATE_REDIS_URL"))
+            .key_prefix(format!("{namespace}:"))
+            .build()?;
+        Ok(Arc::new(RedisStateBackend::new(config).await?))
+    }
+}
+
+/// Each namespace is a key prefix on the shared Cluster.
+struct Cluster;
+
+#[async_trait::async_trait]
+impl BackendFactory for Cluster {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let urls = env("STATE_REDIS_CLUSTER_URLS");
+        let config = RedisConfig::builder()
+            .cluster_nodes(urls.split(','))
+            .key_prefix(format!("{namespace}:"))
+            .build()?;
+        Ok(Arc::new(RedisStateBackend::new(config).await?))
+    }
+}
+
+mod standalone {
+    state_testkit::conformance_suite!(super::Standalone);
+}
+
+mod cluster {
+    state_testkit::conformance_suite!(super::Cluster);
+}
