@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -76,6 +77,22 @@ pub(crate) fn free_port(offset: u16) -> anyhow::Result<u16> {
     bail!("no free loopback port pair found")
 }
 
+/// Process ids of every running server, so a signal handler can stop them.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Stops every registered server and exits when xtask gets SIGINT, SIGTERM or SIGHUP, so an
+/// interrupted run never leaves servers behind (drop handlers do not run on a signal).
+pub(crate) fn stop_children_on_signal() {
+    let _ = ctrlc::set_handler(|| {
+        let pids = CHILDREN.lock().map(|p| p.clone()).unwrap_or_default();
+        for pid in pids {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+        eprintln!("xtask: interrupted; stopped the servers it started");
+        std::process::exit(130);
+    });
+}
+
 /// A child process killed (and waited for) when dropped, so servers never outlive a failed or
 /// panicking test run.
 pub(crate) struct Guarded {
@@ -91,6 +108,9 @@ impl Guarded {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("could not start {name}"))?;
+        if let Ok(mut pids) = CHILDREN.lock() {
+            pids.push(child.id());
+        }
         Ok(Self {
             name,
             child: Some(child),
@@ -109,6 +129,9 @@ impl Guarded {
             eprintln!("xtask: stopping {}", self.name);
             let _ = child.kill();
             let _ = child.wait();
+            if let Ok(mut pids) = CHILDREN.lock() {
+                pids.retain(|p| *p != child.id());
+            }
         }
     }
 }
