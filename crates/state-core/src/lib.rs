@@ -11,6 +11,7 @@ mod pool;
 mod redact;
 mod scan;
 mod stats;
+mod sweeper;
 mod typed;
 
 pub use backend::{Entry, ScanStream, StateBackend};
@@ -21,6 +22,7 @@ pub use limits::{DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, Limits, prefix_up
 pub use pool::PoolStats;
 pub use redact::redact_url;
 pub use stats::{OpKind, OpTimer, StateStats, StatsRecorder};
+pub use sweeper::Sweeper;
 pub use typed::{StateBackendExt, decode, encode};
 
 /// Re-exported so backends and users name one version of these crates.

@@ -67,6 +67,20 @@ impl Limits {
         self.check_value(value)
     }
 
+    /// Checks every key of a batch before any is used, so a bad key rejects the whole batch.
+    #[inline]
+    pub fn check_keys(&self, keys: &[&[u8]]) -> StateResult<()> {
+        keys.iter().try_for_each(|key| self.check_key(key))
+    }
+
+    /// Checks every entry of a batch before any is written.
+    #[inline]
+    pub fn check_entries(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| self.check_entry(key, value))
+    }
+
     /// Checks a prefix: it may be empty (everything), but not longer than a key.
     #[inline]
     pub fn check_prefix(&self, prefix: &[u8]) -> StateResult<()> {

@@ -1,8 +1,8 @@
 //! The DashMap-backed [`MemoryStateBackend`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use futures_util::stream;
 use state_core::{
     Capabilities, Entry, ErrorKind, Limits, OpKind, ScanStream, StateBackend, StateError,
-    StateFuture, StateResult, StateStats, StatsRecorder,
+    StateFuture, StateResult, StateStats, StatsRecorder, Sweeper,
 };
 
 use crate::config::MemoryConfig;
@@ -100,21 +100,7 @@ struct Inner {
     limits: Limits,
     budget: Option<Budget>,
     stats: StatsRecorder,
-    sweeper_started: AtomicBool,
-    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(handle) = self
-            .sweeper
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            handle.abort();
-        }
-    }
+    sweeper: Sweeper,
 }
 
 /// An in-process [`StateBackend`] on a sharded concurrent hash map ([`DashMap`]).
@@ -199,8 +185,7 @@ impl MemoryStateBackend {
                 limits: config.limits,
                 budget,
                 stats: StatsRecorder::new(config.latency_sample_rate),
-                sweeper_started: AtomicBool::new(false),
-                sweeper: Mutex::new(None),
+                sweeper: Sweeper::new(),
             }),
         }
     }
@@ -213,12 +198,7 @@ impl MemoryStateBackend {
 
     /// Whether the background sweeper task is running.
     pub fn sweeper_running(&self) -> bool {
-        self.inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
+        self.inner.sweeper.is_running()
     }
 
     fn expiry(ttl: Option<Duration>) -> Option<Instant> {
@@ -228,35 +208,16 @@ impl MemoryStateBackend {
     /// Starts the sweeper on the current tokio runtime the first time an expiring entry is
     /// written. Outside a runtime, expired entries are removed when touched or purged.
     fn ensure_sweeper(&self) {
-        if self.inner.sweeper_started.load(Ordering::Relaxed)
-            || self.inner.sweeper_started.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.inner.sweeper_started.store(false, Ordering::Release);
-            return;
-        };
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let interval = self.inner.cleanup_interval;
-        let task = runtime.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
+        self.inner.sweeper.ensure_started(
+            &self.inner,
+            self.inner.cleanup_interval,
+            |inner: Arc<Inner>| async move {
                 let removed = inner.purge_expired();
                 if removed > 0 {
                     tracing::trace!(removed, "memory backend swept expired entries");
                 }
-            }
-        });
-        *self
-            .inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
+            },
+        );
     }
 
     fn write(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> StateResult<()> {
@@ -524,9 +485,7 @@ impl StateBackend for MemoryStateBackend {
 
     async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
         let inner = &*self.inner;
-        for key in keys {
-            inner.limits.check_key(key)?;
-        }
+        inner.limits.check_keys(keys)?;
         let timer = inner.stats.start();
         let values: Vec<Option<Bytes>> = keys
             .iter()
@@ -546,9 +505,7 @@ impl StateBackend for MemoryStateBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
-        for (key, value) in entries {
-            self.inner.limits.check_entry(key, value)?;
-        }
+        self.inner.limits.check_entries(entries)?;
         let timer = self.inner.stats.start();
         let mut result = Ok(());
         for (key, value) in entries {
@@ -564,9 +521,7 @@ impl StateBackend for MemoryStateBackend {
     }
 
     async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
+        self.inner.limits.check_keys(keys)?;
         let timer = self.inner.stats.start();
         let removed = keys
             .iter()

@@ -423,9 +423,7 @@ impl StateBackend for RedisStateBackend {
 
     /// One pipeline of `MGET`s (one per hash slot in a Cluster).
     async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
-        for key in keys {
-            self.limits().check_key(key)?;
-        }
+        self.limits().check_keys(keys)?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -463,9 +461,7 @@ impl StateBackend for RedisStateBackend {
 
     /// One pipeline of `MSET`s per hash slot, or of `SET .. PX` with a default TTL.
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
-        for (key, value) in entries {
-            self.limits().check_entry(key, value)?;
-        }
+        self.limits().check_entries(entries)?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -514,9 +510,7 @@ impl StateBackend for RedisStateBackend {
     }
 
     async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
-        for key in keys {
-            self.limits().check_key(key)?;
-        }
+        self.limits().check_keys(keys)?;
         let timer = self.inner.stats.start();
         // Duplicates would be counted once by DEL per group but twice across groups: dedup.
         let mut unique: Vec<Bytes> = keys.iter().map(|k| self.full_key(k)).collect();

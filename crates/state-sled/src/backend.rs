@@ -3,8 +3,7 @@
 use std::fmt;
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +12,7 @@ use futures_util::{StreamExt, stream};
 use sled::IVec;
 use state_core::{
     Capabilities, Entry, Limits, OpKind, ScanStream, StateBackend, StateError, StateFuture,
-    StateResult, StateStats, StatsRecorder, prefix_upper_bound,
+    StateResult, StateStats, StatsRecorder, Sweeper, prefix_upper_bound,
 };
 
 use crate::codec::{self, Stored, index_key, now_ms, split_index_key};
@@ -36,21 +35,7 @@ pub(crate) struct Inner {
     path: Option<PathBuf>,
     tree_name: String,
     stats: StatsRecorder,
-    sweeper_started: AtomicBool,
-    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(handle) = self
-            .sweeper
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            handle.abort();
-        }
-    }
+    sweeper: Sweeper,
 }
 
 /// An embedded, persistent [`StateBackend`] on [sled](https://docs.rs/sled/0.34) 0.34.
@@ -144,8 +129,7 @@ impl SledStateBackend {
                 path,
                 tree_name: config.tree.clone(),
                 stats: StatsRecorder::new(config.latency_sample_rate),
-                sweeper_started: AtomicBool::new(false),
-                sweeper: Mutex::new(None),
+                sweeper: Sweeper::new(),
             }),
         };
         // Entries with a TTL may already be on disk from an earlier run.
@@ -197,29 +181,16 @@ impl SledStateBackend {
     }
 
     pub(crate) fn ensure_sweeper(&self) {
-        let inner = &self.inner;
-        if inner.sweeper_started.load(Ordering::Relaxed)
-            || inner.sweeper_started.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            inner.sweeper_started.store(false, Ordering::Release);
-            return;
-        };
-        let weak: Weak<Inner> = Arc::downgrade(inner);
-        let every = inner.cleanup_interval;
-        let task = runtime.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+        self.inner.sweeper.ensure_started(
+            &self.inner,
+            self.inner.cleanup_interval,
+            |inner: Arc<Inner>| async move {
                 // Drain everything that has expired, one bounded batch per blocking call, so
                 // the sweep keeps up with any rate of expiring writes.
                 loop {
-                    let Some(inner) = weak.upgrade() else { return };
+                    let batch = inner.clone();
                     let swept =
-                        tokio::task::spawn_blocking(move || inner.purge_expired(SWEEP_BATCH)).await;
+                        tokio::task::spawn_blocking(move || batch.purge_expired(SWEEP_BATCH)).await;
                     match swept {
                         Ok(Ok((visited, removed))) => {
                             if removed > 0 {
@@ -236,12 +207,8 @@ impl SledStateBackend {
                         Err(_) => break,
                     }
                 }
-            }
-        });
-        *inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
+            },
+        );
     }
 
     fn expiry(&self, ttl: Option<Duration>) -> Option<u64> {
@@ -565,9 +532,7 @@ impl StateBackend for SledStateBackend {
     }
 
     async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
+        self.inner.limits.check_keys(keys)?;
         let timer = self.inner.stats.start();
         let now = now_ms();
         let mut out = Vec::with_capacity(keys.len());
@@ -591,9 +556,7 @@ impl StateBackend for SledStateBackend {
 
     /// Applies every entry in one atomic sled batch.
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
-        for (key, value) in entries {
-            self.inner.limits.check_entry(key, value)?;
-        }
+        self.inner.limits.check_entries(entries)?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -622,9 +585,7 @@ impl StateBackend for SledStateBackend {
 
     /// Removes the keys in one sled transaction (all or nothing).
     async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
-        for key in keys {
-            self.inner.limits.check_key(key)?;
-        }
+        self.inner.limits.check_keys(keys)?;
         if keys.is_empty() {
             return Ok(0);
         }

@@ -141,9 +141,7 @@ impl StateBackend for ReferenceBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
-        for (key, value) in entries {
-            self.limits.check_entry(key, value)?;
-        }
+        self.limits.check_entries(entries)?;
         self.with_map(|map, _| {
             for (key, value) in entries {
                 map.insert(
