@@ -125,13 +125,25 @@ struct OwnServer {
 
 impl OwnServer {
     fn start() -> Self {
-        let bin = std::env::var("STATE_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(bin)
+        let child = Self::spawn(port);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    /// Starts `redis-server` (no persistence) on `port`.
+    fn spawn(port: u16) -> std::process::Child {
+        let bin = std::env::var("STATE_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        std::process::Command::new(bin)
             .args([
                 "--port",
                 &port.to_string(),
@@ -144,14 +156,7 @@ impl OwnServer {
             ])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
+            .expect("start redis-server")
     }
 
     fn url(&self) -> String {
@@ -227,22 +232,7 @@ async fn backend_recovers_after_server_restart() {
     let _ = server.child.wait();
     let err = b.get(b"k").await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    let port = server.port;
-    let bin = std::env::var("STATE_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-    server.child = std::process::Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    server.child = OwnServer::spawn(server.port);
     // The restarted server is empty (no persistence): the value is gone, not stale.
     let mut answer = None;
     for _ in 0..50 {
