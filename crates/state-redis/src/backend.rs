@@ -26,6 +26,8 @@ const SCAN_COUNT: u32 = 1000;
 
 struct Inner {
     pool: Pool,
+    /// Builds extra clients (subscribers) with the pool's settings.
+    builder: Builder,
     config: RedisConfig,
     prefix: Bytes,
     /// Whether the backend talks to a Redis Cluster.
@@ -129,6 +131,9 @@ impl RedisStateBackend {
             // Reconnect forever with backoff: giving up after a failover would leave a dead
             // client behind. Callers see Timeout/Connection errors meanwhile.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        builder.with_performance_config(|p| {
+            p.broadcast_channel_capacity = crate::pubsub::SUBSCRIBER_BUFFER;
+        });
         let pool = builder
             .build_pool(config.pool_min)
             .map_err(|err| map_fred(err).with_operation("connect"))?;
@@ -150,6 +155,7 @@ impl RedisStateBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                builder,
                 prefix,
                 cluster,
                 cas: Script::from_lua(scripts::COMPARE_AND_SWAP),
@@ -174,6 +180,31 @@ impl RedisStateBackend {
             max_connections: self.inner.config.pool_max,
             waiting: 0,
         }
+    }
+
+    /// The channel name a logical `channel` maps to: namespaced by the key prefix, so two
+    /// backends with different prefixes never hear each other.
+    fn channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.inner.config.key_prefix)
+    }
+
+    /// Publishes `message` on `channel` (within this backend's prefix); returns how many
+    /// subscribers received it.
+    pub async fn publish(&self, channel: &str, message: &[u8]) -> StateResult<usize> {
+        let n: i64 = self
+            .inner
+            .pool
+            .next()
+            .publish(self.channel(channel), Bytes::copy_from_slice(message))
+            .await
+            .map_err(|e| map_fred(e).with_operation("publish"))?;
+        Ok(n.max(0) as usize)
+    }
+
+    /// Subscribes to `channel` (within this backend's prefix) on a connection of its own;
+    /// see [`Subscription`] for delivery guarantees.
+    pub async fn subscribe(&self, channel: &str) -> StateResult<crate::Subscription> {
+        crate::Subscription::open(&self.inner.builder, self.channel(channel)).await
     }
 
     /// Closes every connection.
@@ -417,6 +448,7 @@ impl StateBackend for RedisStateBackend {
         caps.shared = true;
         caps.pub_sub = true;
         caps.clustering = self.inner.cluster;
+        caps.memory_usage = true;
         caps.limits = *self.limits();
         caps
     }
@@ -707,6 +739,37 @@ impl StateBackend for RedisStateBackend {
             }
             Err(err) => stream::iter(vec![Err(err)]).right_stream(),
         }))
+    }
+
+    /// Sums `MEMORY USAGE .. SAMPLES 0` over the namespace's keys, one pipeline per SCAN
+    /// page: O(keys), meant for diagnostics.
+    async fn memory_usage(&self) -> StateResult<u64> {
+        let usage = fred::types::CustomCommand::new_static(
+            "MEMORY",
+            fred::types::ClusterHash::Offset(1),
+            false,
+        );
+        let mut pages = self.scan_keys(b"");
+        let mut total = 0u64;
+        while let Some(page) = pages.next().await {
+            let keys = page.map_err(|e| e.with_operation("memory_usage"))?;
+            if keys.is_empty() {
+                continue;
+            }
+            let client = self.inner.pool.next();
+            let pipe = client.pipeline();
+            for key in keys {
+                let args: Vec<Value> = vec!["USAGE".into(), key.into(), "SAMPLES".into(), 0.into()];
+                let () = pipe.custom(usage.clone(), args).await.map_err(map_fred)?;
+            }
+            let sizes: Vec<Option<i64>> = pipe.all().await.map_err(map_fred)?;
+            total += sizes
+                .into_iter()
+                .flatten()
+                .map(|n| n.max(0) as u64)
+                .sum::<u64>();
+        }
+        Ok(total)
     }
 
     async fn stats(&self) -> StateStats {

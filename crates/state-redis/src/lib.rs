@@ -4,10 +4,12 @@
 mod backend;
 mod config;
 mod error;
+mod pubsub;
 mod scripts;
 
 pub use backend::RedisStateBackend;
 pub use config::{DEFAULT_KEY_PREFIX, RedisConfig, RedisConfigBuilder, Topology};
+pub use pubsub::Subscription;
 
 /// The fred version this crate is built on.
 pub use fred;

@@ -274,3 +274,49 @@ async fn pool_stats_reports_connections() {
     assert_eq!((stats.active_connections, stats.max_connections), (2, 8));
     assert!(!stats.is_exhausted());
 }
+
+/// Published messages reach a subscriber in order; channels are namespaced by the key
+/// prefix, so another prefix's subscriber hears nothing. Works on a Cluster too.
+#[tokio::test]
+async fn publish_reaches_subscribers_of_the_same_prefix_only() {
+    use futures_util::StreamExt;
+    let prefix = unique("pubsub");
+    let cluster_config = RedisConfig::builder()
+        .cluster_nodes(cluster_urls())
+        .key_prefix(&prefix)
+        .build()
+        .unwrap();
+    for (config, standalone) in [
+        (
+            RedisConfig::builder()
+                .url(url())
+                .key_prefix(&prefix)
+                .build()
+                .unwrap(),
+            true,
+        ),
+        (cluster_config, false),
+    ] {
+        let a = RedisStateBackend::new(config).await.unwrap();
+        let other = backend(&unique("other")).await;
+        let mut sub = a.subscribe("invalidate").await.unwrap();
+        let mut other_sub = other.subscribe("invalidate").await.unwrap();
+        for i in 0..3u8 {
+            let receivers = a.publish("invalidate", &[i, 0xFF]).await.unwrap();
+            // In a Cluster, PUBLISH counts only the receiving node's subscribers.
+            assert!(!standalone || receivers == 1, "{receivers} receivers");
+        }
+        for i in 0..3u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap();
+            assert_eq!(got.unwrap().unwrap(), Bytes::from(vec![i, 0xFF]));
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(200), other_sub.next()).await;
+        assert!(
+            nothing.is_err(),
+            "another prefix heard the message: {nothing:?}"
+        );
+        sub.close().await.unwrap();
+    }
+}
