@@ -178,7 +178,9 @@ pub fn pair<WR, FR, WO, FO>(
         && let Some(p) = ratios.add(group, &raw_id, &ours_id, target)
         && tasks == 1
     {
-        p.latency = Some((latency(rt, 100_000, raw), latency(rt, 100_000, ours)));
+        // About one second of operations, at most 100k.
+        let ops = (p.raw_ops as u64).clamp(1_000, 100_000);
+        p.latency = Some((latency(rt, ops, raw), latency(rt, ops, ours)));
     }
 }
 

@@ -159,7 +159,8 @@ impl RedisStateBackend {
                 prefix,
                 cluster,
                 cas: Script::from_lua(scripts::COMPARE_AND_SWAP),
-                stats: StatsRecorder::new(1),
+                // A network call takes ~30 µs; timing one in 4 keeps percentiles meaningful.
+                stats: StatsRecorder::new(4),
                 config,
             }),
         })
