@@ -81,6 +81,20 @@ impl Limits {
             .try_for_each(|(key, value)| self.check_entry(key, value))
     }
 
+    /// Checks the arguments of `compare_and_swap`: the key, and the new value when there is
+    /// one (the expected value is only compared, never stored).
+    #[inline]
+    pub fn check_swap(&self, key: &[u8], new: Option<&[u8]>) -> StateResult<()> {
+        self.check_key(key)?;
+        new.map_or(Ok(()), |value| self.check_value(value))
+    }
+
+    /// Checks an optional TTL (see [`Limits::check_ttl`]).
+    #[inline]
+    pub fn check_optional_ttl(ttl: Option<std::time::Duration>) -> StateResult<()> {
+        ttl.map_or(Ok(()), Self::check_ttl)
+    }
+
     /// Checks a prefix: it may be empty (everything), but not longer than a key.
     #[inline]
     pub fn check_prefix(&self, prefix: &[u8]) -> StateResult<()> {

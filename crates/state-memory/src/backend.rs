@@ -562,10 +562,7 @@ impl StateBackend for MemoryStateBackend {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> StateResult<bool> {
-        self.inner.limits.check_key(key)?;
-        if let Some(new) = new {
-            self.inner.limits.check_value(new)?;
-        }
+        self.inner.limits.check_swap(key, new)?;
         let timer = self.inner.stats.start();
         let ttl = self.inner.default_ttl;
         if new.is_some() && ttl.is_some() {
@@ -584,9 +581,7 @@ impl StateBackend for MemoryStateBackend {
         ttl: Option<Duration>,
     ) -> StateResult<bool> {
         self.inner.limits.check_entry(key, value)?;
-        if let Some(ttl) = ttl {
-            Limits::check_ttl(ttl)?;
-        }
+        Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
         let ttl = ttl.or(self.inner.default_ttl);
         if ttl.is_some() {

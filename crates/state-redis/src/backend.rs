@@ -593,10 +593,7 @@ impl StateBackend for RedisStateBackend {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> StateResult<bool> {
-        self.limits().check_key(key)?;
-        if let Some(new) = new {
-            self.limits().check_value(new)?;
-        }
+        self.limits().check_swap(key, new)?;
         let timer = self.inner.stats.start();
         let ttl = match self.expiry(None) {
             Some(Expiration::PX(ms)) => Bytes::from(ms.to_string()),
@@ -626,9 +623,7 @@ impl StateBackend for RedisStateBackend {
         ttl: Option<Duration>,
     ) -> StateResult<bool> {
         self.limits().check_entry(key, value)?;
-        if let Some(ttl) = ttl {
-            Limits::check_ttl(ttl)?;
-        }
+        Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
         let result: StateResult<Option<()>> = self
             .inner

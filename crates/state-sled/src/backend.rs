@@ -643,10 +643,7 @@ impl StateBackend for SledStateBackend {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> StateResult<bool> {
-        self.inner.limits.check_key(key)?;
-        if let Some(new) = new {
-            self.inner.limits.check_value(new)?;
-        }
+        self.inner.limits.check_swap(key, new)?;
         let timer = self.inner.stats.start();
         let expires_at = if new.is_some() {
             self.expiry(None)
@@ -671,9 +668,7 @@ impl StateBackend for SledStateBackend {
         ttl: Option<Duration>,
     ) -> StateResult<bool> {
         self.inner.limits.check_entry(key, value)?;
-        if let Some(ttl) = ttl {
-            Limits::check_ttl(ttl)?;
-        }
+        Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
         let expires_at = self.expiry(ttl);
         let result = self

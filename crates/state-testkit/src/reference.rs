@@ -187,10 +187,7 @@ impl StateBackend for ReferenceBackend {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> StateResult<bool> {
-        self.limits.check_key(key)?;
-        if let Some(new) = new {
-            self.limits.check_value(new)?;
-        }
+        self.limits.check_swap(key, new)?;
         Ok(self.with_map(|map, now| {
             let current = Self::live_value(map, key, now);
             if current.as_deref() != expected {
@@ -221,9 +218,7 @@ impl StateBackend for ReferenceBackend {
         ttl: Option<Duration>,
     ) -> StateResult<bool> {
         self.limits.check_entry(key, value)?;
-        if let Some(ttl) = ttl {
-            Limits::check_ttl(ttl)?;
-        }
+        Limits::check_optional_ttl(ttl)?;
         Ok(self.with_map(|map, now| {
             if Self::live_value(map, key, now).is_some() {
                 return false;
