@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+mod config;
+mod error;
+mod ops;
+mod pubsub;
+pub mod schema;
+mod tls;
+mod transaction;
+
+pub use backend::PostgresStateBackend;
+pub use config::{
+    MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, ReadConsistency, TableName,
+    TlsMode,
+};
+pub use ops::{ReplicationStatus, TableStats};
+pub use pubsub::{MAX_MESSAGE_BYTES, Subscription};
+pub use transaction::PostgresTransaction;
+
+/// The tokio-postgres version this crate is built on (for [`PostgresStateBackend::pool`]).
+pub use deadpool_postgres;
+pub use state_core;
+pub use tokio_postgres;
+/// Transaction isolation levels for [`PostgresStateBackend::begin_transaction_with`].
+pub use tokio_postgres::IsolationLevel;
