@@ -11,6 +11,7 @@
 use std::process::ExitCode;
 
 mod cmd;
+mod postgres;
 mod proc;
 mod redis;
 mod services;

@@ -80,6 +80,21 @@ pub(crate) fn free_port(offset: u16) -> anyhow::Result<u16> {
 /// Process ids of every running server, so a signal handler can stop them.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Registers a server process the signal handler must kill (servers not spawned through
+/// [`Guarded`], such as the PostgreSQL postmasters the `state-test-servers` harness starts).
+pub(crate) fn register_child(pid: u32) {
+    if let Ok(mut pids) = CHILDREN.lock() {
+        pids.push(pid);
+    }
+}
+
+/// Forgets a server process registered with [`register_child`] once it has stopped.
+pub(crate) fn unregister_child(pid: u32) {
+    if let Ok(mut pids) = CHILDREN.lock() {
+        pids.retain(|p| *p != pid);
+    }
+}
+
 /// Stops every registered server and exits when xtask gets SIGINT, SIGTERM or SIGHUP, so an
 /// interrupted run never leaves servers behind (drop handlers do not run on a signal).
 pub(crate) fn stop_children_on_signal() {
@@ -108,9 +123,7 @@ impl Guarded {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("could not start {name}"))?;
-        if let Ok(mut pids) = CHILDREN.lock() {
-            pids.push(child.id());
-        }
+        register_child(child.id());
         Ok(Self {
             name,
             child: Some(child),
@@ -129,9 +142,7 @@ impl Guarded {
             eprintln!("xtask: stopping {}", self.name);
             let _ = child.kill();
             let _ = child.wait();
-            if let Ok(mut pids) = CHILDREN.lock() {
-                pids.retain(|p| *p != child.id());
-            }
+            unregister_child(child.id());
         }
     }
 }

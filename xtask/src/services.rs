@@ -37,6 +37,15 @@ pub(crate) fn all() -> Vec<Service> {
             env_var: "STATE_REDIS_CLUSTER_URLS",
             start: crate::redis::start_cluster,
         },
+        // With STATE_POSTGRES_URL set externally this is skipped; then also set
+        // STATE_POSTGRES_REPLICA_URLS (comma-separated streaming replicas of that primary) for
+        // the replica tests, and STATE_POSTGRES_BIN_DIR if the tests' own throwaway servers
+        // should use binaries other than the ones found on PATH / under /usr/lib/postgresql.
+        Service {
+            name: "postgres primary + streaming replica",
+            env_var: "STATE_POSTGRES_URL",
+            start: crate::postgres::start,
+        },
     ]
 }
 

@@ -1,7 +1,7 @@
 //! [`PostgresStateBackend`].
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -102,7 +102,7 @@ fn build_pool(
     }
     if let Some(timeout) = config.statement_timeout {
         let mut options = pg.get_options().unwrap_or_default().to_owned();
-        options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
+        let _ = write!(options, " -c statement_timeout={}", timeout.as_millis());
         pg.options(options.trim());
     }
     let pg = connector.configure(pg);
@@ -431,7 +431,10 @@ impl PostgresStateBackend {
         }
         let timer = self.inner.stats.start();
         let result = self
-            .timed("batch_upsert_with_ttl", self.upsert(entries, ttl_ms(Some(ttl))))
+            .timed(
+                "batch_upsert_with_ttl",
+                self.upsert(entries, ttl_ms(Some(ttl))),
+            )
             .await;
         self.inner
             .stats
@@ -526,6 +529,13 @@ async fn sweep_all(inner: &Arc<Inner>) -> StateResult<u64> {
     tx.commit().await.map_err(map_pg)?;
     inner.swept.fetch_add(removed, Ordering::Relaxed);
     Ok(removed)
+}
+
+/// Where a keyset scan stands: before the first page, after a key, or finished.
+enum Cursor {
+    Start,
+    After(Bytes),
+    Done,
 }
 
 #[async_trait]
@@ -728,7 +738,10 @@ impl StateBackend for PostgresStateBackend {
         Limits::check_ttl(ttl)?;
         let timer = self.inner.stats.start();
         let result = self
-            .timed("put_with_ttl", self.put_inner(key, value, ttl_ms(Some(ttl))))
+            .timed(
+                "put_with_ttl",
+                self.put_inner(key, value, ttl_ms(Some(ttl))),
+            )
             .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result
@@ -859,13 +872,6 @@ impl StateBackend for PostgresStateBackend {
             return Box::pin(stream::iter([Err(err)]));
         }
         let upper = prefix_upper_bound(prefix);
-        // State: the last key of the previous page, or None before the first; Done after the
-        // last page.
-        enum Cursor {
-            Start,
-            After(Bytes),
-            Done,
-        }
         let pages = stream::unfold(Cursor::Start, move |cursor| {
             let upper = upper.clone();
             async move {

@@ -194,7 +194,7 @@ impl fmt::Debug for PostgresConfig {
             .field("sweep_interval", &self.sweep_interval)
             .field("batch_chunk_rows", &self.batch_chunk_rows)
             .field("limits", &self.limits)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -381,10 +381,7 @@ impl PostgresConfigBuilder {
     pub fn build(self) -> StateResult<PostgresConfig> {
         let parse = |url: &str| {
             tokio_postgres::Config::from_str(url).map_err(|err| {
-                StateError::config(format!(
-                    "invalid PostgreSQL URL {}: {err}",
-                    redact_url(url)
-                ))
+                StateError::config(format!("invalid PostgreSQL URL {}: {err}", redact_url(url)))
             })
         };
         let pg = parse(&self.url)?;
@@ -482,7 +479,9 @@ mod tests {
             "\"app\".\"State_1\""
         );
         assert_eq!(
-            TableName::parse("_x").unwrap().quoted_with_suffix("_expires_idx"),
+            TableName::parse("_x")
+                .unwrap()
+                .quoted_with_suffix("_expires_idx"),
             "\"_x_expires_idx\""
         );
     }

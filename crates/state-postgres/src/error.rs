@@ -32,7 +32,8 @@ fn classify(code: &SqlState) -> (ErrorKind, bool) {
     let class = &code.code()[..2];
     if *code == SqlState::QUERY_CANCELED {
         (ErrorKind::Timeout, true)
-    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
     {
         (ErrorKind::ConditionNotMatch, true)
     } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
@@ -70,9 +71,8 @@ pub(crate) fn map_pool(err: PoolError) -> StateError {
         PoolError::Timeout(TimeoutType::Recycle) => {
             StateError::timeout("postgres: timed out recycling a connection")
         }
-        PoolError::Backend(err) | PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(err)) => {
-            map_pg(err)
-        }
+        PoolError::Backend(err)
+        | PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(err)) => map_pg(err),
         PoolError::Closed => StateError::new(ErrorKind::Closed, "postgres: the pool is closed"),
         other => StateError::backend(format!("postgres pool: {other}")),
     }
@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn sqlstates_map_to_kinds() {
-        assert_eq!(classify(&SqlState::QUERY_CANCELED), (ErrorKind::Timeout, true));
+        assert_eq!(
+            classify(&SqlState::QUERY_CANCELED),
+            (ErrorKind::Timeout, true)
+        );
         assert_eq!(
             classify(&SqlState::ADMIN_SHUTDOWN),
             (ErrorKind::Connection, true)

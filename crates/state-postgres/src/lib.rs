@@ -12,8 +12,7 @@ mod transaction;
 
 pub use backend::PostgresStateBackend;
 pub use config::{
-    MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, ReadConsistency, TableName,
-    TlsMode,
+    MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, ReadConsistency, TableName, TlsMode,
 };
 pub use ops::{ReplicationStatus, TableStats};
 pub use pubsub::{MAX_MESSAGE_BYTES, Subscription};

@@ -141,7 +141,10 @@ async fn listen_loop(
                         && n.channel() == name
                     {
                         let item = unhex(n.payload()).ok_or_else(|| {
-                            StateError::new(ErrorKind::Corrupted, "postgres: foreign NOTIFY payload")
+                            StateError::new(
+                                ErrorKind::Corrupted,
+                                "postgres: foreign NOTIFY payload",
+                            )
                         });
                         match tx.try_send(item) {
                             Ok(()) => {}

@@ -34,8 +34,7 @@ fn expires(n: usize) -> String {
     format!("now() + ${n}::int8 * interval '1 millisecond'")
 }
 /// Milliseconds left (rounded up), `NULL` for rows without expiry.
-const REMAINING_MS: &str =
-    "ceil(extract(epoch from (expires_at - now())) * 1000)::int8";
+const REMAINING_MS: &str = "ceil(extract(epoch from (expires_at - now())) * 1000)::int8";
 
 /// One schema version: applied once, in order, recorded in `state_schema_migrations`.
 struct Migration {
@@ -44,17 +43,16 @@ struct Migration {
     sql: fn(&TableName) -> String,
 }
 
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        description: "key/value table with expiry",
-        sql: |t| {
-            let schema = t
-                .quoted_schema()
-                .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
-                .unwrap_or_default();
-            format!(
-                "{schema}
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "key/value table with expiry",
+    sql: |t| {
+        let schema = t
+            .quoted_schema()
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"))
+            .unwrap_or_default();
+        format!(
+            "{schema}
                  CREATE TABLE IF NOT EXISTS {table} (
                      key bytea PRIMARY KEY,
                      value bytea NOT NULL,
@@ -62,12 +60,11 @@ const MIGRATIONS: &[Migration] = &[
                  ) WITH (fillfactor = 90);
                  CREATE INDEX IF NOT EXISTS {idx} ON {table} (expires_at)
                      WHERE expires_at IS NOT NULL;",
-                table = t.quoted(),
-                idx = t.index_name("_expires_idx"),
-            )
-        },
+            table = t.quoted(),
+            idx = t.index_name("_expires_idx"),
+        )
     },
-];
+}];
 
 /// The latest schema version this crate writes (recorded per table in `state_schema_migrations`).
 pub const SCHEMA_VERSION: i32 = 1;

@@ -33,26 +33,22 @@ impl Connector {
     pub(crate) fn new(mode: &TlsMode, url: &str) -> StateResult<Self> {
         let roots = |extra: Option<&std::path::Path>| -> StateResult<rustls::RootCertStore> {
             let mut store = rustls::RootCertStore::empty();
-            match extra {
-                Some(path) => {
-                    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                        StateError::config(format!("cannot read CA file {}: {e}", path.display()))
+            if let Some(path) = extra {
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                    StateError::config(format!("cannot read CA file {}: {e}", path.display()))
+                })?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| {
+                        StateError::config(format!("bad CA file {}: {e}", path.display()))
                     })?;
-                    for cert in certs {
-                        let cert = cert.map_err(|e| {
-                            StateError::config(format!("bad CA file {}: {e}", path.display()))
-                        })?;
-                        store.add(cert).map_err(|e| {
-                            StateError::config(format!("bad CA certificate: {e}"))
-                        })?;
-                    }
+                    store
+                        .add(cert)
+                        .map_err(|e| StateError::config(format!("bad CA certificate: {e}")))?;
                 }
-                None => {
-                    let native = rustls_native_certs::load_native_certs();
-                    for cert in native.certs {
-                        // A malformed system certificate is skipped, like browsers do.
-                        let _ = store.add(cert);
-                    }
+            } else {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    // A malformed system certificate is skipped, like browsers do.
+                    let _ = store.add(cert);
                 }
             }
             Ok(store)
@@ -70,11 +66,10 @@ impl Connector {
             })
         };
         match mode {
-            TlsMode::Disable => Ok(Self::Plain),
             TlsMode::FromUrl if url.contains("sslmode=") && !url.contains("sslmode=disable") => {
                 rustls(roots(None)?, false)
             }
-            TlsMode::FromUrl => Ok(Self::Plain),
+            TlsMode::Disable | TlsMode::FromUrl => Ok(Self::Plain),
             TlsMode::Require => rustls(roots(None)?, true),
             TlsMode::RequireWithCa(path) => rustls(roots(Some(path))?, true),
         }

@@ -110,8 +110,10 @@ impl PostgresTransaction {
         };
         match tokio::time::timeout(self.inner.config.command_timeout, run).await {
             Ok(result) => result.map_err(|e| e.with_operation(op)),
-            Err(_) => Err(StateError::timeout("postgres: no answer within command_timeout")
-                .with_operation(op)),
+            Err(_) => Err(
+                StateError::timeout("postgres: no answer within command_timeout")
+                    .with_operation(op),
+            ),
         }
     }
 
@@ -151,11 +153,7 @@ impl PostgresTransaction {
     /// Writes `key` (with the backend's default TTL, if any).
     pub async fn put(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
         self.limits().check_entry(key, value)?;
-        let ttl = self
-            .inner
-            .config
-            .default_ttl
-            .map(|t| t.as_millis() as i64);
+        let ttl = self.inner.config.default_ttl.map(|t| t.as_millis() as i64);
         self.query("put", &self.inner.sql.put, &[&key, &value, &ttl])
             .await
             .map(|_| ())
@@ -174,7 +172,9 @@ impl PostgresTransaction {
     /// Deletes `key`; returns whether a live entry was removed.
     pub async fn delete(&self, key: &[u8]) -> StateResult<bool> {
         self.limits().check_key(key)?;
-        let rows = self.query("delete", &self.inner.sql.delete, &[&key]).await?;
+        let rows = self
+            .query("delete", &self.inner.sql.delete, &[&key])
+            .await?;
         Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
     }
 
