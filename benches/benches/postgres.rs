@@ -3,9 +3,10 @@
 //!
 //! Both sides use the same table (created by our migrations: `key bytea PRIMARY KEY, value
 //! bytea, expires_at timestamptz`), 16-byte keys and 64-byte values, and 8 connections: raw
-//! is `tokio_postgres::Client`s with their statements prepared once (one client for sequential
-//! runs, 8 used round-robin for 8 tasks); ours is its deadpool pool of 8, which a sequential
-//! caller uses one connection of. (Rotating one sequential caller over 8 connections ran ~25%
+//! gives each task its own `tokio_postgres::Client` with statements prepared once; ours is its
+//! deadpool pool of 8 (a sequential caller keeps using one connection of it). Sharing clients
+//! between tasks would pipeline queries on one connection, which deadpool's exclusive
+//! checkout does not do, so it is not the comparison here. (Rotating one sequential caller over 8 connections ran ~25%
 //! faster on this 2-core loopback machine, a scheduling effect of client and server sharing
 //! the cores; both sides are driven alike here.) Raw statements are what a tokio-postgres user writes for a
 //! key/value table (`SELECT value .. WHERE key = $1`, `INSERT .. ON CONFLICT DO UPDATE`,
@@ -15,7 +16,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use state_benches::{
     Fixture, Ratios, is_bench_mode, keys, median_ns, pair, runtime, shuffled, worker,
@@ -31,16 +31,12 @@ const CONNECTIONS: usize = 8;
 
 struct Raw {
     clients: Vec<(Client, Statement, Statement, Statement)>,
-    next: AtomicUsize,
-    /// How many of the clients are in use: 1 for sequential runs (ours then uses one pooled
-    /// connection too), 8 for 8 tasks.
-    width: AtomicUsize,
 }
 
 impl Raw {
-    fn pick(&self) -> &(Client, Statement, Statement, Statement) {
-        let width = self.width.load(Ordering::Relaxed);
-        &self.clients[self.next.fetch_add(1, Ordering::Relaxed) % width]
+    /// Task `t`'s own connection, as a tokio-postgres user gives each worker its client.
+    fn pick(&self, task: usize) -> &(Client, Statement, Statement, Statement) {
+        &self.clients[task % self.clients.len()]
     }
 }
 
@@ -69,11 +65,7 @@ async fn connect_raw(url: &str) -> Raw {
             .expect("prepare batch");
         clients.push((client, get, put, batch));
     }
-    Raw {
-        clients,
-        next: AtomicUsize::new(0),
-        width: AtomicUsize::new(1),
-    }
+    Raw { clients }
 }
 
 fn main() {
@@ -83,7 +75,7 @@ fn main() {
     let mut c = state_benches::criterion();
     let rt = runtime();
     let mut ratios = Ratios::default();
-    let (raw, ours) = rt.block_on(async {
+    let (raw, ours, admin) = rt.block_on(async {
         let config = PostgresConfig::builder()
             .url(&url)
             .table(TABLE)
@@ -94,9 +86,23 @@ fn main() {
             .await
             .expect("connect");
         backend.clear().await.expect("clear");
-        let ours: Arc<dyn StateBackend> = Arc::new(backend);
-        (connect_raw(&url).await, ours)
+        // Autovacuum waking up in the middle of one side's measurement (after the upsert
+        // groups leave dead rows) skewed single runs by up to 25%; vacuum explicitly, untimed,
+        // before every pair instead.
+        backend
+            .pool()
+            .get()
+            .await
+            .expect("connection")
+            .batch_execute(&format!(
+                "ALTER TABLE {TABLE} SET (autovacuum_enabled = false)"
+            ))
+            .await
+            .expect("disable autovacuum");
+        let ours: Arc<dyn StateBackend> = Arc::new(backend.clone());
+        (connect_raw(&url).await, ours, backend)
     });
+    let settle = || rt.block_on(async { admin.vacuum().await.expect("vacuum") });
     let all_keys = keys("k", KEYS);
     let value = vec![7u8; 64];
     rt.block_on(async {
@@ -113,22 +119,22 @@ fn main() {
         order: shuffled(KEYS),
         value_size: 64,
     });
-    let raw_get = worker!(fixture, |f, key, _v| {
-        let (client, get, _, _) = f.raw.pick();
+    let raw_get = worker!(fixture, |f, key, _v, task| {
+        let (client, get, _, _) = f.raw.pick(task);
         black_box(client.query_opt(get, &[&key]).await.expect("get"))
     });
     let ours_get = worker!(fixture, |f, key, _v| {
         black_box(f.ours.get(key).await.expect("get"))
     });
-    let raw_put = worker!(fixture, |f, key, v| {
-        let (client, _, put, _) = f.raw.pick();
+    let raw_put = worker!(fixture, |f, key, v, task| {
+        let (client, _, put, _) = f.raw.pick(task);
         client.execute(put, &[&key, &v]).await.expect("put");
     });
     let ours_put = worker!(fixture, |f, key, v| {
         f.ours.put(key, v).await.expect("put");
     });
     for tasks in [1usize, 8] {
-        fixture.raw.width.store(tasks, Ordering::Relaxed);
+        settle();
         pair(
             &mut c,
             &mut ratios,
@@ -139,6 +145,7 @@ fn main() {
             &raw_get,
             &ours_get,
         );
+        settle();
         pair(
             &mut c,
             &mut ratios,
@@ -151,8 +158,8 @@ fn main() {
         );
     }
     // One operation below is one batch of 10,000 rows (the whole key set, new values).
-    let raw_batch = worker!(fixture, |f, _key, v| {
-        let (client, _, _, batch) = f.raw.pick();
+    let raw_batch = worker!(fixture, |f, _key, v, task| {
+        let (client, _, _, batch) = f.raw.pick(task);
         let ks: Vec<&[u8]> = f.keys.iter().take(BATCH).map(Vec::as_slice).collect();
         let vs: Vec<&[u8]> = vec![v; ks.len()];
         client.execute(batch, &[&ks, &vs]).await.expect("batch");
@@ -166,7 +173,7 @@ fn main() {
             .collect();
         f.ours.batch_put(&entries).await.expect("batch_put");
     });
-    fixture.raw.width.store(1, Ordering::Relaxed);
+    settle();
     let group = "postgres/batch-upsert-10k/1task";
     pair(
         &mut c,

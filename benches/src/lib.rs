@@ -108,13 +108,18 @@ pub struct Fixture<R> {
 /// Builds a worker for [`drive`] and [`latency`]: `worker!(fixture, |f, key, value| body)`
 /// runs `body` once per operation with `f: &Fixture`, the next `key: &[u8]` in the fixture's
 /// order (each task starts at a different offset) and `value: &[u8]`, a buffer whose first
-/// 8 bytes change every operation (sled skips writes of an identical value).
+/// 8 bytes change every operation (sled skips writes of an identical value). The form
+/// `|f, key, value, task|` also names the task's index (`0..tasks`).
 #[macro_export]
 macro_rules! worker {
-    ($fixture:expr, |$f:ident, $key:ident, $value:ident| $body:expr) => {{
+    ($fixture:expr, |$f:ident, $key:ident, $value:ident| $body:expr) => {
+        $crate::worker!($fixture, |$f, $key, $value, _task| $body)
+    };
+    ($fixture:expr, |$f:ident, $key:ident, $value:ident, $task:ident| $body:expr) => {{
         let fixture = $fixture.clone();
         move |task: usize, n: u64, timed: bool| {
             let $f = fixture.clone();
+            let $task = task;
             async move {
                 let mut hist = timed.then(|| $crate::Histogram::<u64>::new(3).expect("histogram"));
                 let len = $f.order.len();

@@ -88,6 +88,8 @@ fn package() -> anyhow::Result<()> {
         "state-sled",
         "-p",
         "state-redis",
+        "-p",
+        "state-postgres",
     ])
 }
 

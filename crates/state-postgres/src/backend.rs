@@ -114,6 +114,9 @@ fn build_pool(
     let manager = connector.manager(pg, manager_config);
     Pool::builder(manager)
         .max_size(config.pool_size)
+        // LIFO hands out the most recently used connection: its server process and caches are
+        // warm (measured 0.93-0.96x raw with 8 tasks, against 0.88-0.91x with FIFO rotation).
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .wait_timeout(Some(config.command_timeout))
         .create_timeout(Some(config.connect_timeout))
         .recycle_timeout(Some(config.connect_timeout))
