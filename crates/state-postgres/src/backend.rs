@@ -16,6 +16,7 @@ use state_core::{
     StateFuture, StateResult, StateStats, StatsRecorder, Sweeper, prefix_upper_bound,
 };
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
@@ -177,7 +178,17 @@ impl PostgresStateBackend {
         backend
             .timed("connect", async {
                 let mut client = backend.primary().await?;
-                schema::migrate(&mut client, &backend.inner.config.table).await
+                schema::migrate(&mut client, &backend.inner.config.table).await?;
+                if !backend.inner.replicas.is_empty() {
+                    // Read-your-writes covers the schema too: no replica read before the
+                    // replica has the table.
+                    let lsn = client.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
+                    backend
+                        .inner
+                        .written_lsn
+                        .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
+                }
+                Ok(())
             })
             .await
             .map_err(|e| {
@@ -332,21 +343,29 @@ impl PostgresStateBackend {
         let start = self.inner.next_replica.fetch_add(1, Ordering::Relaxed);
         let pool = &self.inner.replicas[start % n];
         let client = pool.get().await.map_err(map_pool)?;
-        let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
         let need = self.inner.written_lsn.load(Ordering::Acquire);
-        if self.read_your_writes() && need > 0 {
-            let check = client.prepare_cached(REPLAYED).await.map_err(map_pg)?;
-            // The check runs before the read on the same connection, so a true check means
-            // the read's snapshot includes every write this handle made.
-            let check_params: [&(dyn ToSql + Sync); 1] = [&need];
-            let (replayed, rows) = futures_util::try_join!(
-                client.query_one(&check, &check_params),
-                client.query(&stmt, params)
-            )
-            .map_err(map_pg)?;
-            Ok(replayed.get::<_, bool>(0).then_some(rows))
-        } else {
-            Ok(Some(client.query(&stmt, params).await.map_err(map_pg)?))
+        let check = self.read_your_writes() && need > 0;
+        let run = async {
+            let stmt = client.prepare_cached(sql).await?;
+            if check {
+                let check = client.prepare_cached(REPLAYED).await?;
+                // The check runs before the read on the same connection, so a true check
+                // means the read's snapshot includes every write this handle made.
+                let check_params: [&(dyn ToSql + Sync); 1] = [&need];
+                let (replayed, rows) = futures_util::try_join!(
+                    client.query_one(&check, &check_params),
+                    client.query(&stmt, params)
+                )?;
+                Ok::<_, tokio_postgres::Error>(replayed.get::<_, bool>(0).then_some(rows))
+            } else {
+                Ok(Some(client.query(&stmt, params).await?))
+            }
+        };
+        match run.await {
+            Ok(rows) => Ok(rows),
+            // The replica has not replayed the table's creation yet: it is behind.
+            Err(err) if err.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(err) => Err(map_pg(err)),
         }
     }
 

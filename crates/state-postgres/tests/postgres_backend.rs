@@ -373,18 +373,18 @@ async fn serializable_conflict_is_retryable() {
 #[tokio::test]
 async fn replica_lag_is_handled_as_documented() {
     let name = table("repl");
-    let open = |mode| {
+    let open = |mode, name: &str| {
         let config = PostgresConfig::builder()
             .url(url())
             .replica_urls([replica_url()])
             .read_consistency(mode)
-            .table(name.as_str())
+            .table(name)
             .build()
             .unwrap();
         PostgresStateBackend::with_config(config)
     };
-    let ryw = open(ReadConsistency::ReadYourWrites).await.unwrap();
-    let replica = open(ReadConsistency::Replica).await.unwrap();
+    let ryw = open(ReadConsistency::ReadYourWrites, &name).await.unwrap();
+    let replica = open(ReadConsistency::Replica, &name).await.unwrap();
     let replica_sql = raw(&replica_url()).await;
 
     // Replication works: the replica catches up, and read-your-writes reads use it.
@@ -436,6 +436,14 @@ async fn replica_lag_is_handled_as_documented() {
     );
     // Writes always go to the primary, even through a Replica-mode backend.
     replica.put(b"via-replica-mode", b"3").await.unwrap();
+    // A table created while the replica lags: reads fall back instead of failing with
+    // "relation does not exist" on the replica.
+    let fresh = table("repl_fresh");
+    for mode in [ReadConsistency::ReadYourWrites, ReadConsistency::Replica] {
+        let b = open(mode, &fresh).await.unwrap();
+        assert_eq!(b.get(b"x").await.unwrap(), None, "{mode:?}");
+        assert_eq!(b.count().await.unwrap(), 0, "{mode:?}");
+    }
 
     resume.resume().await;
     let started = Instant::now();
