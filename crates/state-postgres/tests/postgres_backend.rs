@@ -624,3 +624,31 @@ async fn concurrent_handles_share_one_table() {
     }
     assert_eq!(handles[0].count().await.unwrap(), 300);
 }
+
+/// TLS that the server cannot provide is an error, never a silent plaintext fallback; a
+/// missing CA file is a configuration error.
+#[tokio::test]
+async fn required_tls_against_a_plain_server_fails_clearly() {
+    let config = PostgresConfig::builder()
+        .url(url())
+        .table(table("tls").as_str())
+        .tls(state_postgres::TlsMode::Require)
+        .build()
+        .unwrap();
+    let err = PostgresStateBackend::with_config(config).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    let config = PostgresConfig::builder()
+        .url(url())
+        .tls(state_postgres::TlsMode::RequireWithCa(
+            "/nonexistent/ca.pem".into(),
+        ))
+        .build()
+        .unwrap();
+    let err = PostgresStateBackend::with_config(config).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    // `sslmode=disable` in the URL and the default mode connect in plain text.
+    let b = PostgresStateBackend::new(format!("{}?sslmode=disable", url()), table("plain"))
+        .await
+        .unwrap();
+    assert!(b.health_check().await.unwrap());
+}
