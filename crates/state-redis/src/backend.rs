@@ -166,6 +166,11 @@ impl RedisStateBackend {
         })
     }
 
+    /// The settings this backend runs with (its key prefix, topology, default TTL).
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
     /// The fred pool, for commands this crate does not wrap.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
