@@ -147,6 +147,23 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Reads `key` together with its remaining TTL (`None` inside: no expiry), as one
+    /// observation where the engine allows it. Caches use it so a cached copy never outlives
+    /// the key. Default: `get`, then `ttl` when [`Capabilities::ttl`] is declared (two reads:
+    /// an overwrite between them can pair the value with the newer write's TTL); backends
+    /// override it with one atomic read.
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        let Some(value) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let ttl = if self.capabilities().ttl {
+            self.ttl(key).await?
+        } else {
+            None
+        };
+        Ok(Some((value, ttl)))
+    }
+
     /// Atomically replaces the value under `key` with `new` (`None` deletes) when the current
     /// value equals `expected` (`None`: the key is absent or expired). Returns whether it
     /// swapped. The new value is written like `put`: any previous TTL is cleared (or the

@@ -546,6 +546,20 @@ impl StateBackend for MemoryStateBackend {
         result
     }
 
+    /// One map lookup: the value and its expiry come from the same slot.
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        let inner = &*self.inner;
+        inner.limits.check_key(key)?;
+        let timer = inner.stats.start();
+        let found = inner
+            .map
+            .get(key)
+            .filter(|slot| slot.is_live())
+            .map(|slot| (slot.value.clone(), slot.ttl()));
+        inner.stats.record_get(timer, found.is_some());
+        Ok(found)
+    }
+
     async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
         self.inner.limits.check_key(key)?;
         Ok(self

@@ -769,6 +769,28 @@ impl StateBackend for PostgresStateBackend {
         result
     }
 
+    /// One statement: the value and its remaining milliseconds from the same row version.
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.limits().check_key(key)?;
+        let timer = self.inner.stats.start();
+        let result = self
+            .timed("get_with_ttl", async {
+                let rows = self.read_rows(&self.inner.sql.get_with_ttl, &[&key]).await?;
+                Ok(rows.first().map(|r| {
+                    let ttl = r
+                        .get::<_, Option<i64>>(1)
+                        .map(|ms| Duration::from_millis(ms.max(1) as u64));
+                    (bytes_of(r, 0), ttl)
+                }))
+            })
+            .await;
+        match &result {
+            Ok(v) => self.inner.stats.record_get(timer, v.is_some()),
+            Err(_) => self.inner.stats.record_error(timer),
+        }
+        result
+    }
+
     async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
         self.limits().check_key(key)?;
         self.timed("ttl", async {

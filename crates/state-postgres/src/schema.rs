@@ -144,6 +144,7 @@ pub(crate) fn migrations_table(table: &TableName) -> String {
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) get: String,
+    pub(crate) get_with_ttl: String,
     pub(crate) contains: String,
     pub(crate) put: String,
     pub(crate) delete: String,
@@ -193,6 +194,7 @@ impl Sql {
         };
         Self {
             get: format!("SELECT value FROM {t} WHERE key = $1 AND {LIVE}"),
+            get_with_ttl: format!("SELECT value, {REMAINING_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
             contains: format!("SELECT 1 FROM {t} WHERE key = $1 AND {LIVE}"),
             put: format!(
                 "INSERT INTO {t} (key, value, expires_at) VALUES ($1, $2, {e}) \

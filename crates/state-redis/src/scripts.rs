@@ -22,3 +22,8 @@ else
 end
 return 1
 ";
+
+/// `KEYS[1]`: the value and its `PTTL` in one atomic step (`{false, -2}` when missing).
+pub(crate) const GET_WITH_TTL: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+";

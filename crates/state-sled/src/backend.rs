@@ -627,6 +627,24 @@ impl StateBackend for SledStateBackend {
         self.durable().await
     }
 
+    /// One tree read: the value and its expiry header come from the same record.
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.inner.limits.check_key(key)?;
+        let timer = self.inner.stats.start();
+        let now = now_ms();
+        let result = self.inner.read(key).map(|stored| {
+            stored.filter(|s| s.is_live(now)).map(|s| {
+                let ttl = s.ttl(now);
+                (s.into_bytes(), ttl)
+            })
+        });
+        match &result {
+            Ok(found) => self.inner.stats.record_get(timer, found.is_some()),
+            Err(_) => self.inner.stats.record_error(timer),
+        }
+        result.map_err(|e| e.with_operation("get_with_ttl"))
+    }
+
     async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
         self.inner.limits.check_key(key)?;
         let now = now_ms();

@@ -572,6 +572,36 @@ pub async fn ttl_expired_key_is_invisible_to_scan(factory: &dyn BackendFactory) 
     assert_eq!(keys, vec![b(b"x:live")]);
 }
 
+/// `get_with_ttl` returns the value with its remaining TTL, `None` inside for a key without
+/// expiry, and nothing for a missing or expired key.
+pub async fn get_with_ttl_pairs_value_and_time_left(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    assert_eq!(s.get_with_ttl(b"missing").await.unwrap(), None);
+    s.put(b"plain", b"v").await.unwrap();
+    assert_eq!(
+        s.get_with_ttl(b"plain").await.unwrap(),
+        Some((Bytes::from_static(b"v"), None))
+    );
+    if !s.capabilities().ttl {
+        return skip("ttl");
+    }
+    s.put_with_ttl(b"k", b"w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (value, left) = s.get_with_ttl(b"k").await.unwrap().expect("live");
+    assert_eq!(value, Bytes::from_static(b"w"));
+    let left = left.expect("a ttl");
+    assert!(
+        left <= Duration::from_secs(30) && left > Duration::from_secs(25),
+        "{left:?}"
+    );
+    s.put_with_ttl(b"gone", b"x", Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(s.get_with_ttl(b"gone").await.unwrap(), None);
+}
+
 /// `ttl()` reports the time left, never more than was set.
 pub async fn ttl_reports_remaining_time(factory: &dyn BackendFactory) {
     let s = open(factory).await;

@@ -87,6 +87,7 @@ macro_rules! conformance_suite {
                 ttl_expired_key_is_invisible_to_count,
                 ttl_expired_key_is_invisible_to_scan,
                 ttl_reports_remaining_time,
+                get_with_ttl_pairs_value_and_time_left,
                 ttl_is_none_without_expiry,
                 put_after_put_with_ttl_clears_the_ttl,
                 ttl_300ms_expires_between_300_and_600ms,
