@@ -48,4 +48,7 @@ pub struct Capabilities {
     pub memory_usage: bool,
     /// Key and value size limits enforced on every call.
     pub limits: Limits,
+    /// The TTL a plain `put` applies (the backend's configured default TTL), if any; caches
+    /// in front of the backend use it so their copy never outlives the key.
+    pub default_ttl: Option<std::time::Duration>,
 }

@@ -480,6 +480,7 @@ impl StateBackend for MemoryStateBackend {
         caps.native_batch = true;
         caps.memory_usage = true;
         caps.limits = self.inner.limits;
+        caps.default_ttl = self.inner.default_ttl;
         caps
     }
 

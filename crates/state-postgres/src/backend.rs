@@ -682,6 +682,7 @@ impl StateBackend for PostgresStateBackend {
         caps.clustering = !self.inner.replicas.is_empty();
         caps.memory_usage = true;
         caps.limits = *self.limits();
+        caps.default_ttl = self.inner.config.default_ttl;
         caps
     }
 
@@ -775,7 +776,9 @@ impl StateBackend for PostgresStateBackend {
         let timer = self.inner.stats.start();
         let result = self
             .timed("get_with_ttl", async {
-                let rows = self.read_rows(&self.inner.sql.get_with_ttl, &[&key]).await?;
+                let rows = self
+                    .read_rows(&self.inner.sql.get_with_ttl, &[&key])
+                    .await?;
                 Ok(rows.first().map(|r| {
                     let ttl = r
                         .get::<_, Option<i64>>(1)

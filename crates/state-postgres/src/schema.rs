@@ -194,7 +194,9 @@ impl Sql {
         };
         Self {
             get: format!("SELECT value FROM {t} WHERE key = $1 AND {LIVE}"),
-            get_with_ttl: format!("SELECT value, {REMAINING_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
+            get_with_ttl: format!(
+                "SELECT value, {REMAINING_MS} FROM {t} WHERE key = $1 AND {LIVE}"
+            ),
             contains: format!("SELECT 1 FROM {t} WHERE key = $1 AND {LIVE}"),
             put: format!(
                 "INSERT INTO {t} (key, value, expires_at) VALUES ($1, $2, {e}) \

@@ -458,6 +458,7 @@ impl StateBackend for RedisStateBackend {
         caps.clustering = self.inner.cluster;
         caps.memory_usage = true;
         caps.limits = *self.limits();
+        caps.default_ttl = self.inner.config.default_ttl;
         caps
     }
 

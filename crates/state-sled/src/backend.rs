@@ -528,6 +528,7 @@ impl StateBackend for SledStateBackend {
         caps.persistence = true;
         caps.compression = cfg!(feature = "compression");
         caps.limits = self.inner.limits;
+        caps.default_ttl = self.inner.default_ttl;
         caps
     }
 
