@@ -1,0 +1,446 @@
+//! `CachedStateBackend` behaviour: one load per cold key, TTLs, racing writers, and
+//! coherence between instances over real Redis and PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use state_core::{StateBackend, StateFuture, StateResult};
+use state_memory::MemoryStateBackend;
+use state_postgres::PostgresStateBackend;
+use state_redis::{RedisConfig, RedisStateBackend};
+use state_tiered::{CachedStateBackend, InvalidationBus, WritePolicy};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name}: run `cargo xtask test`"))
+}
+
+/// A memory backend that counts inner reads and takes `delay` per read.
+#[derive(Debug)]
+struct Slow {
+    inner: MemoryStateBackend,
+    loads: AtomicU64,
+    delay: Duration,
+}
+
+impl Slow {
+    fn new(delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStateBackend::new(None),
+            loads: AtomicU64::new(0),
+            delay,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl StateBackend for Slow {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::boxed(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.inner.get(key).await
+        })
+    }
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        StateFuture::boxed(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.put(key, value).await
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.inner.delete(key)
+    }
+    async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
+        self.inner.list_keys(prefix).await
+    }
+    async fn clear(&self) -> StateResult<()> {
+        self.inner.clear().await
+    }
+    async fn count(&self) -> StateResult<usize> {
+        self.inner.count().await
+    }
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.inner.contains(key)
+    }
+    fn capabilities(&self) -> state_core::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
+        self.inner.put_with_ttl(key, value, ttl).await
+    }
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.get_with_ttl(key).await
+    }
+}
+
+/// 100 concurrent gets of one cold key make exactly one inner load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn herd_of_100_gets_makes_one_load() {
+    let slow = Slow::new(Duration::from_millis(50));
+    slow.inner.put(b"cold", b"v").await.unwrap();
+    let cache = Arc::new(CachedStateBackend::new(slow.clone(), 100, None));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.get(b"cold").await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(Bytes::from_static(b"v")));
+    }
+    assert_eq!(slow.loads.load(Ordering::SeqCst), 1);
+    let stats = cache.stats().await;
+    assert_eq!(stats.gets, 100);
+    assert_eq!(stats.details["l1_loads"], 1.0);
+}
+
+/// A cached copy never outlives the inner key's TTL, whoever wrote it.
+#[tokio::test]
+async fn cached_copy_never_outlives_inner_ttl() {
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let cache = CachedStateBackend::new(inner.clone(), 100, Some(Duration::from_secs(60)));
+    // Written behind the cache's back, then loaded: the load carries the TTL.
+    inner
+        .put_with_ttl(b"a", b"1", Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(cache.get(b"a").await.unwrap().is_some());
+    // Written through the cache with a TTL.
+    cache
+        .put_with_ttl(b"b", b"2", Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(cache.get(b"b").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get(b"a").await.unwrap(), None);
+    assert_eq!(cache.get(b"b").await.unwrap(), None);
+    // An inner default TTL bounds write-through copies of plain puts.
+    let inner = Arc::new(MemoryStateBackend::new(Some(Duration::from_millis(200))));
+    let cache = CachedStateBackend::new(inner, 100, Some(Duration::from_secs(60)));
+    cache.put(b"c", b"3").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get(b"c").await.unwrap(), None);
+}
+
+/// Racing writers and readers on a few keys through a slow inner backend: once they stop,
+/// every cached answer equals the inner backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writers_leave_no_stale_copy() {
+    for policy in [WritePolicy::WriteThrough, WritePolicy::WriteAround] {
+        let slow = Slow::new(Duration::from_millis(1));
+        let cache = Arc::new(
+            CachedStateBackend::builder(slow.clone())
+                .max_items(100)
+                .write_policy(policy)
+                .build()
+                .await
+                .unwrap(),
+        );
+        let mut tasks = Vec::new();
+        for t in 0..8u32 {
+            let cache = Arc::clone(&cache);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100u32 {
+                    let key = [b'k', (i % 3) as u8];
+                    if (i + t) % 2 == 0 {
+                        cache
+                            .put(&key, &(t * 1000 + i).to_le_bytes())
+                            .await
+                            .unwrap();
+                    } else {
+                        cache.get(&key).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for k in 0..3u8 {
+            let key = [b'k', k];
+            assert_eq!(
+                cache.get(&key).await.unwrap(),
+                slow.inner.get(&key).await.unwrap(),
+                "{policy:?} key {k}"
+            );
+        }
+    }
+}
+
+/// Atomic operations, deletes, batches and clear keep L1 right.
+#[tokio::test]
+async fn every_write_path_keeps_l1_right() {
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let cache = CachedStateBackend::new(inner.clone(), 100, None);
+    cache.put(b"k", b"1").await.unwrap();
+    assert!(
+        cache
+            .compare_and_swap(b"k", Some(b"1"), Some(b"2"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"2"))
+    );
+    assert_eq!(
+        cache.get_and_delete(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"2"))
+    );
+    assert_eq!(cache.get(b"k").await.unwrap(), None);
+    assert!(cache.set_if_not_exists(b"k", b"3", None).await.unwrap());
+    assert_eq!(
+        cache.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"3"))
+    );
+    cache
+        .batch_put(&[(b"k", b"4"), (b"j", b"5")])
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"4"))
+    );
+    assert_eq!(cache.batch_delete(&[b"k"]).await.unwrap(), 1);
+    assert_eq!(cache.get(b"k").await.unwrap(), None);
+    assert_eq!(
+        cache.get(b"j").await.unwrap(),
+        Some(Bytes::from_static(b"5"))
+    );
+    assert_eq!(cache.delete_prefix(b"j").await.unwrap(), 1);
+    assert_eq!(cache.get(b"j").await.unwrap(), None);
+    cache.put(b"x", b"6").await.unwrap();
+    cache.clear().await.unwrap();
+    assert_eq!(cache.get(b"x").await.unwrap(), None);
+    assert_eq!(inner.count().await.unwrap(), 0);
+}
+
+/// Negative caching is off by default: a key written behind the cache's back is seen at
+/// once; with it on, the miss is remembered for its TTL only.
+#[tokio::test]
+async fn negative_caching_is_opt_in_and_bounded() {
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let plain = CachedStateBackend::new(inner.clone(), 100, None);
+    assert_eq!(plain.get(b"k").await.unwrap(), None);
+    inner.put(b"k", b"v").await.unwrap();
+    assert!(plain.get(b"k").await.unwrap().is_some());
+
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let negative = CachedStateBackend::builder(inner.clone())
+        .negative_caching(Duration::from_millis(150))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(negative.get(b"k").await.unwrap(), None);
+    inner.put(b"k", b"v").await.unwrap();
+    assert_eq!(
+        negative.get(b"k").await.unwrap(),
+        None,
+        "the miss is cached"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(negative.get(b"k").await.unwrap().is_some());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// Two instances share one backend and one bus: instance B reads a key (caching it), A
+/// writes it, and B polls until it sees the new value. Returns the sorted stale windows.
+async fn stale_windows(
+    a: &CachedStateBackend,
+    b: &CachedStateBackend,
+    rounds: u32,
+) -> Vec<Duration> {
+    let mut windows = Vec::new();
+    for round in 0..rounds {
+        let key = format!("coherence:{}", round % 16);
+        a.put(key.as_bytes(), b"old").await.unwrap();
+        // Wait until B has the old value cached (A's own write reached B as well).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.get(key.as_bytes()).await.unwrap().as_deref() != Some(&b"old"[..]) {
+            assert!(Instant::now() < deadline, "B never saw the first write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let new = format!("new{round}");
+        let written = Instant::now();
+        a.put(key.as_bytes(), new.as_bytes()).await.unwrap();
+        let acked = Instant::now();
+        loop {
+            if b.get(key.as_bytes()).await.unwrap().as_deref() == Some(new.as_bytes()) {
+                // The stale window: from A's write being acknowledged to B serving it.
+                windows.push(acked.elapsed());
+                break;
+            }
+            assert!(written.elapsed() < Duration::from_secs(5), "B stayed stale");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    windows.sort();
+    windows
+}
+
+/// Documented bound for the stale-read window on loopback.
+const STALE_BOUND: Duration = Duration::from_millis(50);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_redis_stay_within_the_stale_bound() {
+    let prefix = format!("coh-{}:", state_testkit::unique_namespace());
+    let open = || async {
+        let redis = Arc::new(
+            RedisStateBackend::new(
+                RedisConfig::builder()
+                    .url(env("STATE_REDIS_URL"))
+                    .key_prefix(prefix.clone())
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap(),
+        );
+        CachedStateBackend::builder(redis.clone())
+            .ttl(Duration::from_secs(300))
+            .invalidation(redis)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (open().await, open().await);
+    let w = stale_windows(&a, &b, 200).await;
+    let (p50, p99, max) = (percentile(&w, 0.5), percentile(&w, 0.99), w[w.len() - 1]);
+    eprintln!(
+        "redis bus: stale window p50 {p50:?} p99 {p99:?} max {max:?} over {} writes",
+        w.len()
+    );
+    assert!(max < STALE_BOUND, "max stale window {max:?}");
+    assert!(b.stats().await.details["invalidations_received"] >= 200.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_postgres_stay_within_the_stale_bound() {
+    let table = format!("coh_{}", state_testkit::unique_namespace());
+    let open = || async {
+        let pg = Arc::new(
+            PostgresStateBackend::new(env("STATE_POSTGRES_URL"), table.as_str())
+                .await
+                .unwrap(),
+        );
+        CachedStateBackend::builder(pg.clone())
+            .ttl(Duration::from_secs(300))
+            .invalidation(pg)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (open().await, open().await);
+    let w = stale_windows(&a, &b, 100).await;
+    let (p50, p99, max) = (percentile(&w, 0.5), percentile(&w, 0.99), w[w.len() - 1]);
+    eprintln!(
+        "postgres bus: stale window p50 {p50:?} p99 {p99:?} max {max:?} over {} writes",
+        w.len()
+    );
+    assert!(max < STALE_BOUND, "max stale window {max:?}");
+}
+
+/// A bus that can be cut: while down, publishes fail and delivered messages are dropped
+/// (what a lost pub/sub connection looks like).
+#[derive(Debug)]
+struct Cuttable {
+    inner: Arc<RedisStateBackend>,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl InvalidationBus for Cuttable {
+    async fn publish(&self, message: &[u8]) -> StateResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(state_core::StateError::connection("bus cut by the test"));
+        }
+        InvalidationBus::publish(&*self.inner, message).await
+    }
+    fn max_message(&self) -> usize {
+        InvalidationBus::max_message(&*self.inner)
+    }
+    async fn subscribe(&self) -> StateResult<BoxStream<'static, StateResult<Bytes>>> {
+        let down = Arc::clone(&self.down);
+        let stream = InvalidationBus::subscribe(&*self.inner).await?;
+        Ok(stream
+            .filter(move |_| {
+                let keep = !down.load(Ordering::SeqCst);
+                async move { keep }
+            })
+            .boxed())
+    }
+}
+
+/// Losing the bus: the cache notices within a few heartbeats, says so in stats, caches for
+/// the short degraded TTL only (so a write it never heard of shows up within it), and
+/// recovers when the bus is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_bus_falls_back_to_short_ttl_and_recovers() {
+    let prefix = format!("cut-{}:", state_testkit::unique_namespace());
+    let redis = Arc::new(
+        RedisStateBackend::new(
+            RedisConfig::builder()
+                .url(env("STATE_REDIS_URL"))
+                .key_prefix(prefix)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let down = Arc::new(AtomicBool::new(false));
+    let bus = Arc::new(Cuttable {
+        inner: redis.clone(),
+        down: Arc::clone(&down),
+    });
+    let cache = CachedStateBackend::builder(redis.clone())
+        .ttl(Duration::from_secs(300))
+        .degraded(Duration::from_millis(300), Duration::from_millis(100))
+        .invalidation(bus)
+        .build()
+        .await
+        .unwrap();
+    assert!(cache.is_coherent());
+    down.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    while cache.is_coherent() {
+        assert!(cut.elapsed() < Duration::from_secs(2), "loss not detected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("bus loss detected after {:?}", cut.elapsed());
+    let stats = cache.stats().await;
+    assert_eq!(stats.details["coherent"], 0.0);
+    assert!(stats.details["degraded_periods"] >= 1.0);
+    // Cached now, then changed by someone the cache cannot hear: visible within the
+    // degraded TTL.
+    cache.put(b"k", b"old").await.unwrap();
+    assert_eq!(
+        cache.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"old"))
+    );
+    redis.put(b"k", b"new").await.unwrap();
+    let changed = Instant::now();
+    while cache.get(b"k").await.unwrap() != Some(Bytes::from_static(b"new")) {
+        assert!(
+            changed.elapsed() < Duration::from_millis(600),
+            "stale beyond the degraded TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    down.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    while !cache.is_coherent() {
+        assert!(back.elapsed() < Duration::from_secs(2), "no recovery");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.stats().await.details["coherent"], 1.0);
+}
