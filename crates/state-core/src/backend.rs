@@ -164,6 +164,14 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         Ok(Some((value, ttl)))
     }
 
+    /// Reads `key` for a cache in front of this backend: the value and the longest a copy of
+    /// it may be kept (`None` inside: no limit). Default: [`StateBackend::get_with_ttl`] (a
+    /// copy may live as long as the key). Tiered backends override it to answer from a cache
+    /// tier with that tier's remaining lifetime, a bound that never exceeds the key's TTL.
+    async fn get_for_cache(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.get_with_ttl(key).await
+    }
+
     /// Atomically replaces the value under `key` with `new` (`None` deletes) when the current
     /// value equals `expected` (`None`: the key is absent or expired). Returns whether it
     /// swapped. The new value is written like `put`: any previous TTL is cleared (or the

@@ -438,7 +438,7 @@ impl CachedStateBackend {
             let stamp = self.shared.versions.fill_stamp(key);
             let loaded = self
                 .inner
-                .get_with_ttl(key)
+                .get_for_cache(key)
                 .await
                 .map_err(LoadError::Failed)?;
             let cacheable = stamp.filter(|s| self.shared.versions.is_current(key, *s));
@@ -666,6 +666,10 @@ impl StateBackend for CachedStateBackend {
 
     async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
         self.inner.get_with_ttl(key).await
+    }
+
+    async fn get_for_cache(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.inner.get_for_cache(key).await
     }
 
     async fn compare_and_swap(

@@ -1,0 +1,541 @@
+//! [`TieredStateBackend`]: shared cache tiers (Redis, ...) in front of a durable backend.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use state_core::{
+    Capabilities, ScanStream, StateBackend, StateError, StateFuture, StateResult, StateStats,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// One cache tier: a backend and how long entries may live in it.
+struct CacheTier {
+    name: String,
+    backend: Arc<dyn StateBackend>,
+    ttl: Duration,
+    /// Milliseconds since `born` until which the tier is bypassed after a failure.
+    quarantined_until_ms: AtomicU64,
+    hits: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Builds a [`TieredStateBackend`]; see [`TieredStateBackend::builder`].
+#[must_use]
+pub struct TieredBuilder {
+    tiers: Vec<(String, Arc<dyn StateBackend>, Duration)>,
+}
+
+impl fmt::Debug for TieredBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredBuilder")
+            .field(
+                "tiers",
+                &self
+                    .tiers
+                    .iter()
+                    .map(|(n, _, t)| (n, t))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl TieredBuilder {
+    /// Adds a cache tier below the ones already added (the first is the fastest). Every
+    /// entry it holds expires after at most `ttl`: cascading TTLs, shorter near the top.
+    pub fn cache_tier(
+        mut self,
+        name: impl Into<String>,
+        backend: Arc<dyn StateBackend>,
+        ttl: Duration,
+    ) -> Self {
+        self.tiers.push((name.into(), backend, ttl));
+        self
+    }
+
+    /// Sets the durable tier (the system of record) and builds. Fails when a cache tier has
+    /// a zero TTL or does not support TTLs.
+    pub fn durable(self, backend: Arc<dyn StateBackend>) -> StateResult<TieredStateBackend> {
+        let mut tiers = Vec::new();
+        for (name, tier, ttl) in self.tiers {
+            if ttl.is_zero() {
+                return Err(StateError::config(format!(
+                    "cache tier {name}: the TTL must be greater than zero"
+                )));
+            }
+            if !tier.capabilities().ttl {
+                return Err(StateError::config(format!(
+                    "cache tier {name}: the backend does not support TTLs, so its entries could outlive the durable tier's"
+                )));
+            }
+            tiers.push(CacheTier {
+                name,
+                backend: tier,
+                ttl,
+                quarantined_until_ms: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            });
+        }
+        Ok(TieredStateBackend {
+            caps: backend.capabilities(),
+            durable: backend,
+            tiers,
+            born: Instant::now(),
+            gets: AtomicU64::new(0),
+            durable_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Cache tiers (for example Redis) in front of a durable backend (for example PostgreSQL),
+/// the seed's L2/L3 layout; put a [`crate::CachedStateBackend`] on top for the in-process
+/// L1.
+///
+/// - **Reads** go down the tiers and stop at the first that has the key; the value is then
+///   promoted into the tiers above with `set_if_not_exists` and a TTL of at most the
+///   tier's own and the key's remaining TTL (so a promotion never overwrites a newer write,
+///   and a copy never outlives the key).
+/// - **Writes** go to the durable tier first, then to every cache tier (write-through, TTL
+///   capped by the tier's); deletes and atomic operations run on the durable tier and then
+///   update or remove the cache tiers' copies.
+/// - **Graceful degradation**: a cache tier that fails is skipped, counted in `stats()`,
+///   and bypassed for one tier TTL after its last failure, long enough for any copy it may
+///   still hold from before the failure to expire. It never answers with a value the durable
+///   tier has replaced. The durable tier's errors are returned.
+/// - `list_keys`, `count`, `scan`, `checkpoint` and `ttl` read the durable tier.
+///
+/// Two processes writing one key at the same moment may leave a cache tier holding the
+/// earlier write until the tier TTL (the tiers are separate servers with no shared order);
+/// keep tier TTLs short where that matters.
+pub struct TieredStateBackend {
+    durable: Arc<dyn StateBackend>,
+    caps: Capabilities,
+    tiers: Vec<CacheTier>,
+    born: Instant,
+    gets: AtomicU64,
+    durable_hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl fmt::Debug for TieredStateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStateBackend")
+            .field(
+                "cache_tiers",
+                &self
+                    .tiers
+                    .iter()
+                    .map(|t| (&t.name, t.ttl))
+                    .collect::<Vec<_>>(),
+            )
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TieredStateBackend {
+    /// Starts a builder: add cache tiers fastest first, then the durable tier.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use state_postgres::PostgresStateBackend;
+    /// use state_redis::{RedisConfig, RedisStateBackend};
+    /// use state_tiered::{CachedStateBackend, TieredStateBackend};
+    ///
+    /// # async fn demo() -> state_core::StateResult<()> {
+    /// let redis = Arc::new(RedisStateBackend::new(RedisConfig::builder().build()?).await?);
+    /// let postgres = Arc::new(PostgresStateBackend::new("postgres://localhost/db", "state").await?);
+    /// let shared = TieredStateBackend::builder()
+    ///     .cache_tier("redis", redis.clone(), Duration::from_secs(300))   // L2
+    ///     .durable(postgres)?;                                              // L3
+    /// let state = CachedStateBackend::builder(Arc::new(shared))           // L1
+    ///     .max_items(10_000)
+    ///     .ttl(Duration::from_secs(60))
+    ///     .invalidation(redis)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = state; Ok(()) }
+    /// ```
+    pub fn builder() -> TieredBuilder {
+        TieredBuilder { tiers: Vec::new() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    fn usable(&self, tier: &CacheTier) -> bool {
+        tier.quarantined_until_ms.load(Ordering::Acquire) <= self.now_ms()
+    }
+
+    /// Records a cache tier failure: counted, and the tier is bypassed for one TTL.
+    fn failed(&self, tier: &CacheTier, err: &StateError) {
+        tier.failures.fetch_add(1, Ordering::Relaxed);
+        let until = self.now_ms() + tier.ttl.as_millis() as u64;
+        tier.quarantined_until_ms.fetch_max(until, Ordering::AcqRel);
+        tracing::warn!(tier = %tier.name, error = %err, "state-tiered: cache tier failed; bypassing it for its TTL");
+    }
+
+    fn tier_ttl(tier: &CacheTier, key_ttl: Option<Duration>) -> Duration {
+        key_ttl.map_or(tier.ttl, |t| t.min(tier.ttl))
+    }
+
+    /// Copies a value found below into the usable tiers above `found_at`, never replacing
+    /// a newer write.
+    async fn promote(&self, key: &[u8], value: &[u8], key_ttl: Option<Duration>, found_at: usize) {
+        for tier in self.tiers[..found_at].iter().filter(|t| self.usable(t)) {
+            let ttl = Self::tier_ttl(tier, key_ttl);
+            if ttl.as_millis() == 0 {
+                continue;
+            }
+            if let Err(err) = tier.backend.set_if_not_exists(key, value, Some(ttl)).await {
+                self.failed(tier, &err);
+            }
+        }
+    }
+
+    async fn lookup(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if !self.usable(tier) {
+                continue;
+            }
+            match tier.backend.get_with_ttl(key).await {
+                Ok(Some((value, ttl))) => {
+                    tier.hits.fetch_add(1, Ordering::Relaxed);
+                    self.promote(key, &value, ttl, i).await;
+                    return Ok(Some((value, ttl)));
+                }
+                Ok(None) => {}
+                Err(err) => self.failed(tier, &err),
+            }
+        }
+        if let Some((value, ttl)) = self.durable.get_with_ttl(key).await? {
+            self.durable_hits.fetch_add(1, Ordering::Relaxed);
+            self.promote(key, &value, ttl, self.tiers.len()).await;
+            Ok(Some((value, ttl)))
+        } else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
+
+    /// After a durable write: write `value` (with `key_ttl`) through every usable tier, or
+    /// remove the key (`None`).
+    async fn sync_tiers(&self, key: &[u8], value: Option<&[u8]>, key_ttl: Option<Duration>) {
+        for tier in &self.tiers {
+            if !self.usable(tier) {
+                continue;
+            }
+            let result = match value {
+                Some(v) => {
+                    tier.backend
+                        .put_with_ttl(key, v, Self::tier_ttl(tier, key_ttl))
+                        .await
+                }
+                None => tier.backend.delete(key).await.map(|_| ()),
+            };
+            if let Err(err) = result {
+                // It may still hold the old value: best effort removal, then bypass it.
+                let _ = tier.backend.delete(key).await;
+                self.failed(tier, &err);
+            }
+        }
+    }
+
+    /// After a durable write of many keys: every usable tier drops them.
+    async fn drop_from_tiers(&self, keys: &[&[u8]]) {
+        for tier in &self.tiers {
+            if !self.usable(tier) {
+                continue;
+            }
+            if let Err(err) = tier.backend.batch_delete(keys).await {
+                self.failed(tier, &err);
+            }
+        }
+    }
+
+    /// Cache-tier hits and failures, by tier name.
+    pub fn tier_counts(&self) -> Vec<(String, u64, u64)> {
+        self.tiers
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.hits.load(Ordering::Relaxed),
+                    t.failures.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl StateBackend for TieredStateBackend {
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::boxed(async move {
+            self.caps.limits.check_key(key)?;
+            Ok(self.lookup(key).await?.map(|(v, _)| v))
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
+        StateFuture::boxed(async move {
+            self.durable.put(key, value).await?;
+            self.sync_tiers(key, Some(value), self.caps.default_ttl)
+                .await;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::boxed(async move {
+            let removed = self.durable.delete(key).await?;
+            self.sync_tiers(key, None, None).await;
+            Ok(removed)
+        })
+    }
+
+    async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
+        self.durable.list_keys(prefix).await
+    }
+
+    async fn clear(&self) -> StateResult<()> {
+        self.durable.clear().await?;
+        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
+            if let Err(err) = tier.backend.clear().await {
+                self.failed(tier, &err);
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self) -> StateResult<usize> {
+        self.durable.count().await
+    }
+
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::boxed(async move {
+            self.caps.limits.check_key(key)?;
+            Ok(self.lookup(key).await?.is_some())
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = self.caps;
+        caps.shared = caps.shared || self.tiers.iter().any(|t| t.backend.capabilities().shared);
+        caps
+    }
+
+    async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
+        self.caps.limits.check_keys(keys)?;
+        let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
+        let mut missing: Vec<usize> = (0..keys.len()).collect();
+        for tier in &self.tiers {
+            if missing.is_empty() || !self.usable(tier) {
+                continue;
+            }
+            let asked: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
+            match tier.backend.batch_get(&asked).await {
+                Ok(values) => {
+                    let mut still = Vec::new();
+                    for (&i, v) in missing.iter().zip(values) {
+                        match v {
+                            Some(v) => {
+                                tier.hits.fetch_add(1, Ordering::Relaxed);
+                                out[i] = Some(v);
+                            }
+                            None => still.push(i),
+                        }
+                    }
+                    missing = still;
+                }
+                Err(err) => self.failed(tier, &err),
+            }
+        }
+        if !missing.is_empty() {
+            let asked: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
+            let values = self.durable.batch_get(&asked).await?;
+            for (&i, v) in missing.iter().zip(values) {
+                out[i] = v;
+            }
+        }
+        self.gets.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
+        self.durable.batch_put(entries).await?;
+        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
+        self.drop_from_tiers(&keys).await;
+        Ok(())
+    }
+
+    async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
+        let removed = self.durable.batch_delete(keys).await?;
+        self.drop_from_tiers(keys).await;
+        Ok(removed)
+    }
+
+    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
+        self.durable.put_with_ttl(key, value, ttl).await?;
+        self.sync_tiers(key, Some(value), Some(ttl)).await;
+        Ok(())
+    }
+
+    async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
+        self.durable.ttl(key).await
+    }
+
+    /// The durable tier's answer: a cache tier's copy carries the tier's lifetime, not the
+    /// key's TTL.
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.durable.get_with_ttl(key).await
+    }
+
+    /// Down the tiers; the lifetime is the remaining TTL of the copy found (a cache tier's is
+    /// capped by the tier TTL and the key's own), so an L1 copy never outlives either.
+    async fn get_for_cache(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        self.caps.limits.check_key(key)?;
+        self.lookup(key).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> StateResult<bool> {
+        let swapped = self.durable.compare_and_swap(key, expected, new).await?;
+        if swapped {
+            self.sync_tiers(key, new, self.caps.default_ttl).await;
+        }
+        Ok(swapped)
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StateResult<bool> {
+        let stored = self.durable.set_if_not_exists(key, value, ttl).await?;
+        if stored {
+            self.sync_tiers(key, Some(value), ttl.or(self.caps.default_ttl))
+                .await;
+        }
+        Ok(stored)
+    }
+
+    async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        let value = self.durable.get_and_delete(key).await?;
+        self.sync_tiers(key, None, None).await;
+        Ok(value)
+    }
+
+    async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {
+        let removed = self.durable.delete_prefix(prefix).await?;
+        let results = join_all(
+            self.tiers
+                .iter()
+                .filter(|t| self.usable(t))
+                .map(|t| async move { (t, t.backend.delete_prefix(prefix).await) }),
+        )
+        .await;
+        for (tier, result) in results {
+            if let Err(err) = result {
+                self.failed(tier, &err);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
+        self.durable.scan(prefix)
+    }
+
+    async fn checkpoint(
+        &self,
+        writer: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> StateResult<state_core::checkpoint::CheckpointSummary> {
+        self.durable.checkpoint(writer).await
+    }
+
+    async fn restore(
+        &self,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> StateResult<state_core::checkpoint::RestoreSummary> {
+        let summary = self.durable.restore(reader).await?;
+        // Restored keys are unknown here: every cache tier starts over.
+        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
+            if let Err(err) = tier.backend.clear().await {
+                self.failed(tier, &err);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// `gets`, `hits` (found in any tier), `misses`; `details`: `<tier>_hits`,
+    /// `<tier>_failures`, `<tier>_bypassed` (1 while quarantined), `durable_hits`; the durable
+    /// tier's stats in `inner`.
+    async fn stats(&self) -> StateStats {
+        let durable = self.durable.stats().await;
+        let mut stats = StateStats::default();
+        let tier_hits: u64 = self
+            .tiers
+            .iter()
+            .map(|t| t.hits.load(Ordering::Relaxed))
+            .sum();
+        let durable_hits = self.durable_hits.load(Ordering::Relaxed);
+        stats.hits = tier_hits + durable_hits;
+        stats.misses = self.misses.load(Ordering::Relaxed);
+        stats.gets = self
+            .gets
+            .load(Ordering::Relaxed)
+            .max(stats.hits + stats.misses);
+        stats.puts = durable.puts;
+        stats.deletes = durable.deletes;
+        stats.other_ops = durable.other_ops;
+        stats.errors = durable.errors;
+        stats.uptime = self.born.elapsed();
+        for t in &self.tiers {
+            stats.details.insert(
+                format!("{}_hits", t.name),
+                t.hits.load(Ordering::Relaxed) as f64,
+            );
+            stats.details.insert(
+                format!("{}_failures", t.name),
+                t.failures.load(Ordering::Relaxed) as f64,
+            );
+            stats.details.insert(
+                format!("{}_bypassed", t.name),
+                f64::from(u8::from(!self.usable(t))),
+            );
+        }
+        stats
+            .details
+            .insert("durable_hits".into(), durable_hits as f64);
+        stats.inner = Some(Box::new(durable));
+        stats
+    }
+
+    async fn health_check(&self) -> StateResult<bool> {
+        self.durable.health_check().await
+    }
+
+    async fn memory_usage(&self) -> StateResult<u64> {
+        self.durable.memory_usage().await
+    }
+
+    async fn flush(&self) -> StateResult<()> {
+        self.durable.flush().await
+    }
+}

@@ -1,0 +1,161 @@
+//! `TieredStateBackend` degrading gracefully: the L2 Redis server (a throwaway one of this
+//! test's own, with persistence so it comes back with its old data) is killed and restarted
+//! under a PostgreSQL durable tier; no read ever returns a replaced value.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use state_core::StateBackend;
+use state_postgres::PostgresStateBackend;
+use state_redis::{RedisConfig, RedisStateBackend};
+use state_tiered::TieredStateBackend;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name}: run `cargo xtask test`"))
+}
+
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = std::process::Command::new(env("STATE_REDIS_SERVER_BIN"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_l2_degrades_to_durable_and_never_serves_a_replaced_value() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("state-tiered-l2-{port}"));
+    let mut server = OwnRedis::start(port, &dir);
+    let redis = Arc::new(
+        RedisStateBackend::new(
+            RedisConfig::builder()
+                .url(format!("redis://127.0.0.1:{}", server.port))
+                .command_timeout(Duration::from_millis(300))
+                .connect_timeout(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let table = format!("tier_{}", state_testkit::unique_namespace());
+    let postgres = Arc::new(
+        PostgresStateBackend::new(env("STATE_POSTGRES_URL"), table.as_str())
+            .await
+            .unwrap(),
+    );
+    let tier_ttl = Duration::from_secs(2);
+    let tiered = TieredStateBackend::builder()
+        .cache_tier("redis", redis.clone(), tier_ttl)
+        .durable(postgres.clone())
+        .unwrap();
+
+    tiered.put(b"k", b"v1").await.unwrap();
+    assert_eq!(
+        tiered.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v1"))
+    );
+    assert_eq!(
+        redis.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v1")),
+        "written through to L2"
+    );
+    // Promotion: a key only in the durable tier is copied up on read, with the tier TTL.
+    postgres.put(b"cold", b"c").await.unwrap();
+    assert!(tiered.get(b"cold").await.unwrap().is_some());
+    let copy_ttl = redis
+        .ttl(b"cold")
+        .await
+        .unwrap()
+        .expect("promoted with a TTL");
+    assert!(copy_ttl <= tier_ttl);
+
+    server.kill();
+    // L2 down: reads and writes still work through the durable tier.
+    let started = Instant::now();
+    assert_eq!(
+        tiered.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v1"))
+    );
+    tiered.put(b"k", b"v2").await.unwrap();
+    assert_eq!(
+        tiered.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v2"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = tiered.stats().await;
+    assert!(stats.details["redis_failures"] >= 1.0, "{stats:?}");
+    assert!((stats.details["redis_bypassed"] - 1.0).abs() < f64::EPSILON);
+
+    // L2 comes back with its old data (v1, appendonly): it is bypassed until that copy has
+    // expired, so the replaced value is never served.
+    let mut server = OwnRedis::start(port, &dir);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.get(b"k").await.is_err() {
+        assert!(Instant::now() < deadline, "client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = Instant::now();
+    while back.elapsed() < tier_ttl + Duration::from_millis(500) {
+        assert_eq!(
+            tiered.get(b"k").await.unwrap(),
+            Some(Bytes::from_static(b"v2")),
+            "a replaced value was served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the tier is used again.
+    tiered.put(b"k", b"v3").await.unwrap();
+    assert_eq!(
+        redis.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v3"))
+    );
+    assert!((tiered.stats().await.details["redis_bypassed"] - 0.0).abs() < f64::EPSILON);
+    server.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
