@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use moka::Expiry;
 use moka::future::Cache;
 use state_core::{
     Capabilities, ScanStream, StateBackend, StateError, StateFuture, StateResult, StateStats,
+    StatsRecorder,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -42,8 +44,6 @@ pub(crate) struct Slot {
     /// How long the slot may live: the smallest of the cache TTL, the key's own remaining
     /// TTL in the inner backend, and the degraded TTL while invalidations may be missed.
     lifetime: Option<Duration>,
-    /// `lifetime` as a deadline, checked on every hit (moka's expiry is not exact).
-    deadline: Option<Instant>,
 }
 
 struct SlotExpiry;
@@ -252,12 +252,22 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
 struct CacheCounters {
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// L1 hits and misses, in per-thread stripes (no shared cache line on the hit path);
+    /// latency sampled one call in 64.
+    ops: StatsRecorder,
     loads: AtomicU64,
     evictions: AtomicU64,
+}
+
+impl Default for CacheCounters {
+    fn default() -> Self {
+        Self {
+            ops: StatsRecorder::new(64),
+            loads: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A moka L1 cache in front of any [`StateBackend`]: the seed's `CachedStateBackend`.
@@ -411,25 +421,38 @@ impl CachedStateBackend {
             value,
             stamp,
             lifetime,
-            deadline: lifetime.map(|d| Instant::now() + d),
         }
     }
 
-    /// A current, unexpired L1 slot for `key`.
+    /// A current L1 slot for `key` (moka checks the entry's expiry on every read).
     async fn cached(&self, key: &[u8]) -> Option<Slot> {
         let slot = self.shared.l1.get(key).await?;
-        let live = slot.deadline.is_none_or(|d| Instant::now() < d)
-            && self.shared.versions.is_current(key, slot.stamp);
-        live.then_some(slot)
+        self.shared
+            .versions
+            .is_current(key, slot.stamp)
+            .then_some(slot)
+    }
+
+    /// The hit path without a boxed future: moka's lookup completes without waiting on
+    /// anything in the common case; when it would wait, the slow path runs instead.
+    fn hit_now(&self, key: &[u8]) -> Option<Slot> {
+        let timer = self.stats.ops.start();
+        let slot = self.shared.l1.get(key).now_or_never()??;
+        if !self.shared.versions.is_current(key, slot.stamp) {
+            return None;
+        }
+        self.stats.ops.record_get(timer, true);
+        Some(slot)
     }
 
     /// Reads through L1; concurrent misses of one key share one inner load.
     async fn read(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        let timer = self.stats.ops.start();
         if let Some(slot) = self.cached(key).await {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.ops.record_get(timer, true);
             return Ok(slot.value);
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.stats.ops.record_get(timer, false);
         let owned = Bytes::copy_from_slice(key);
         // A stale slot is replaced by the load below; drop it first so try_get_with loads.
         self.shared.l1.invalidate(key).await;
@@ -547,10 +570,13 @@ fn clone_error(e: &StateError) -> StateError {
 #[async_trait]
 impl StateBackend for CachedStateBackend {
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        StateFuture::boxed(async move {
-            self.caps.limits.check_key(key)?;
-            self.read(key).await
-        })
+        if let Err(err) = self.caps.limits.check_key(key) {
+            return StateFuture::ready(Err(err));
+        }
+        if let Some(slot) = self.hit_now(key) {
+            return StateFuture::ready(Ok(slot.value));
+        }
+        StateFuture::boxed(self.read(key))
     }
 
     fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
@@ -596,23 +622,25 @@ impl StateBackend for CachedStateBackend {
 
     async fn batch_get(&self, keys: &[&[u8]]) -> StateResult<Vec<Option<Bytes>>> {
         self.caps.limits.check_keys(keys)?;
+        let timer = self.stats.ops.start();
         let mut out = vec![None; keys.len()];
         let mut missing: Vec<usize> = Vec::new();
+        let mut hits = 0u64;
         for (i, key) in keys.iter().enumerate() {
             match self.cached(key).await {
                 Some(slot) => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    hits += 1;
                     out[i] = slot.value;
                 }
                 None => missing.push(i),
             }
         }
+        self.stats
+            .ops
+            .record_batch_get(timer, hits, missing.len() as u64);
         if missing.is_empty() {
             return Ok(out);
         }
-        self.stats
-            .misses
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
         // One inner batch for the misses; stamps taken first so values read while a write
         // was in flight are returned but not cached.
         let stamps: Vec<Option<Stamp>> = missing
@@ -728,12 +756,15 @@ impl StateBackend for CachedStateBackend {
     /// backend's own stats in `inner`.
     async fn stats(&self) -> StateStats {
         let inner = self.inner.stats().await;
-        let hits = self.stats.hits.load(Ordering::Relaxed);
-        let misses = self.stats.misses.load(Ordering::Relaxed);
+        let l1 = self.stats.ops.snapshot();
         let mut stats = StateStats::default();
-        stats.gets = hits + misses;
-        stats.hits = hits;
-        stats.misses = misses;
+        stats.gets = l1.hits + l1.misses;
+        stats.hits = l1.hits;
+        stats.misses = l1.misses;
+        stats.avg_latency_us = l1.avg_latency_us;
+        stats.p50_latency_us = l1.p50_latency_us;
+        stats.p99_latency_us = l1.p99_latency_us;
+        stats.latency_samples = l1.latency_samples;
         stats.puts = inner.puts;
         stats.deletes = inner.deletes;
         stats.other_ops = inner.other_ops;
