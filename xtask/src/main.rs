@@ -90,6 +90,10 @@ fn package() -> anyhow::Result<()> {
         "state-redis",
         "-p",
         "state-postgres",
+        "-p",
+        "state-tiered",
+        "-p",
+        "state-lock",
     ])
 }
 

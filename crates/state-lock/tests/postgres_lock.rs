@@ -1,0 +1,270 @@
+//! PostgresLock (lease table) and PostgresAdvisoryLock against a real PostgreSQL, and a
+//! throwaway server for the restart test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Target, env, unique};
+use state_core::ErrorKind;
+use state_lock::{
+    DistributedLock, FencingToken, Lease, PostgresAdvisoryLock, PostgresLock, new_owner_token,
+};
+use state_postgres::PostgresStateBackend;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_16_tasks_in_2_processes_never_hold_at_once() {
+    common::contention(
+        Target::PgLease,
+        "lease_16_tasks_in_2_processes_never_hold_at_once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn advisory_16_tasks_in_2_processes_never_hold_at_once() {
+    common::contention(
+        Target::PgAdvisory,
+        "advisory_16_tasks_in_2_processes_never_hold_at_once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_api_is_exclusive_and_not_reentrant() {
+    common::seed_api(Target::PgLease).await;
+    common::seed_api(Target::PgAdvisory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_strictly_increase() {
+    common::tokens_increase(Target::PgLease).await;
+    common::tokens_increase(Target::PgAdvisory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_lock_releases_on_success_error_and_panic() {
+    common::with_lock_releases(Target::PgLease).await;
+    common::with_lock_releases(Target::PgAdvisory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_keeps_the_lock_past_its_ttl() {
+    common::renewal_keeps_the_lock(Target::PgLease).await;
+    common::renewal_keeps_the_lock(Target::PgAdvisory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_guards_release_or_expire() {
+    common::drop_releases(Target::PgLease, true).await;
+    // An advisory lock dropped outside a runtime is released when its connection closes.
+    common::drop_releases(Target::PgAdvisory, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_a_typed_error() {
+    common::bad_input(Target::PgLease).await;
+    let err = PostgresLock::new(&env("STATE_POSTGRES_URL"), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = PostgresLock::new("mysql://nope", "x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_holder_write_is_refused_lease() {
+    common::stale_holder_write_is_refused(Target::PgLease).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_failover_is_bounded() {
+    common::leader_failover(Target::PgLease).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_owner_cannot_release_or_renew() {
+    let name = unique("owner");
+    let lock = PostgresLock::new(&env("STATE_POSTGRES_URL"), &name)
+        .await
+        .unwrap();
+    let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    let forged = Lease::new(new_owner_token(), guard.token());
+    assert!(!lock.release_lease(&forged).await.unwrap());
+    assert!(
+        !lock
+            .renew_lease(&forged, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let other = PostgresLock::new(&env("STATE_POSTGRES_URL"), &name)
+        .await
+        .unwrap();
+    assert!(!other.unlock().await.unwrap());
+    assert!(!other.try_lock(Duration::from_secs(5)).await.unwrap());
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expires_when_the_holder_stops_renewing() {
+    let lock = PostgresLock::new(&env("STATE_POSTGRES_URL"), &unique("expiry"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(300);
+    let lease = lock.try_lease(ttl).await.unwrap().expect("free");
+    assert!(lock.try_lease(ttl).await.unwrap().is_none());
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let next = lock.try_lease(ttl).await.unwrap().expect("expired");
+    assert!(next.token() > lease.token());
+    assert!(!lock.renew_lease(&lease, ttl).await.unwrap());
+    assert!(!lock.release_lease(&lease).await.unwrap());
+    assert!(lock.release_lease(&next).await.unwrap());
+}
+
+/// The advisory lock lives on a dedicated connection, never a pooled one: while it is held,
+/// every connection of the pool sees it as taken by someone else (not re-entrant), and the
+/// holder's release unlocks on the right session.
+#[tokio::test(flavor = "multi_thread")]
+async fn advisory_lock_is_never_on_a_pooled_connection() {
+    let backend = PostgresStateBackend::new(env("STATE_POSTGRES_URL"), "state_lock_test")
+        .await
+        .unwrap();
+    let name = unique("advisory");
+    let lock = PostgresAdvisoryLock::from_backend(&backend, &name)
+        .await
+        .unwrap();
+    let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    for _ in 0..4 {
+        let client = backend.pool().get().await.unwrap();
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&state_lock::ADVISORY_CLASS, &name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            !got,
+            "a pooled connection must not hold (or re-enter) the lock"
+        );
+    }
+    assert!(
+        lock.try_acquire(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        guard.release().await.unwrap(),
+        "unlocked on the session that took it"
+    );
+    let again = lock
+        .try_acquire(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("free again");
+    assert!(again.release().await.unwrap());
+}
+
+/// Killing the advisory lock's session (a lost connection) frees the lock on the server and
+/// the guard reports the loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn advisory_session_loss_is_reported() {
+    let backend = PostgresStateBackend::new(env("STATE_POSTGRES_URL"), "state_lock_test")
+        .await
+        .unwrap();
+    let name = unique("advisory-kill");
+    let lock = PostgresAdvisoryLock::from_backend(&backend, &name)
+        .await
+        .unwrap()
+        .with_options(common::fast_options());
+    let guard = lock.acquire(Duration::from_millis(600)).await.unwrap();
+    let admin = backend.pool().get().await.unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND granted",
+            &[&state_lock::ADVISORY_CLASS, &name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    tokio::time::timeout(Duration::from_secs(2), guard.lost())
+        .await
+        .unwrap();
+    let other = PostgresAdvisoryLock::from_backend(&backend, &name)
+        .await
+        .unwrap();
+    let g = other
+        .acquire_timeout(Duration::from_secs(5), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(g.token() > guard.token());
+    assert!(!guard.release().await.unwrap());
+    g.release().await.unwrap();
+}
+
+/// Fencing tokens come from a sequence: they keep increasing across a crash and restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_increase_across_a_server_restart() {
+    let mut server = tokio::task::spawn_blocking(|| {
+        state_test_servers::postgres::PostgresServer::temp("lock-restart")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let url = server.url();
+    let name = unique("restart");
+    let lock = PostgresLock::new(&url, &name).await.unwrap();
+    let mut last = FencingToken::new(0);
+    for _ in 0..5 {
+        let g = lock.acquire(Duration::from_secs(5)).await.unwrap();
+        last = g.token();
+        g.release().await.unwrap();
+    }
+    drop(lock);
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server.start().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let lock = PostgresLock::new(&url, &name).await.unwrap();
+    let g = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    assert!(g.token() > last, "{} after {last}", g.token());
+    g.release().await.unwrap();
+    drop(lock);
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_fails_fast() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = PostgresLock::new(
+        &format!("postgres://app:pw-secret@127.0.0.1:{port}/db"),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("pw-secret"));
+}

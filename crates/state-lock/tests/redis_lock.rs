@@ -1,0 +1,393 @@
+//! RedisLock against a real Redis (standalone and Cluster) and throwaway servers of its own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Target, env, unique};
+use state_core::ErrorKind;
+use state_lock::{DistributedLock, FencingToken, Lease, LeaseStatus, RedisLock, new_owner_token};
+use state_redis::{RedisConfig, RedisStateBackend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standalone_16_tasks_in_2_processes_never_hold_at_once() {
+    common::contention(
+        Target::Redis,
+        "standalone_16_tasks_in_2_processes_never_hold_at_once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_16_tasks_in_2_processes_never_hold_at_once() {
+    common::contention(
+        Target::RedisCluster,
+        "cluster_16_tasks_in_2_processes_never_hold_at_once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_api_is_exclusive_and_not_reentrant() {
+    common::seed_api(Target::Redis).await;
+    common::seed_api(Target::RedisCluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_strictly_increase() {
+    common::tokens_increase(Target::Redis).await;
+    common::tokens_increase(Target::RedisCluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_lock_releases_on_success_error_and_panic() {
+    common::with_lock_releases(Target::Redis).await;
+    common::with_lock_releases(Target::RedisCluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_keeps_the_lock_past_its_ttl() {
+    common::renewal_keeps_the_lock(Target::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_guards_release_or_expire() {
+    common::drop_releases(Target::Redis, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_a_typed_error() {
+    common::bad_input(Target::Redis).await;
+    let err = RedisLock::new(&env("STATE_REDIS_URL"), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = RedisLock::new(&env("STATE_REDIS_URL"), "a{b}")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let backend = RedisStateBackend::new(
+        RedisConfig::builder()
+            .url(env("STATE_REDIS_URL"))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = RedisLock::with_pool(backend.pool().clone(), "x", "p{}", "s").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_holder_write_is_refused_standalone() {
+    common::stale_holder_write_is_refused(Target::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_holder_write_is_refused_cluster() {
+    common::stale_holder_write_is_refused(Target::RedisCluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_failover_is_bounded() {
+    common::leader_failover(Target::Redis).await;
+}
+
+/// The seed's constructor and calls, verbatim.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_calls_work() {
+    let name = unique("seed-calls");
+    let lock = RedisLock::new(&env("STATE_REDIS_URL"), &name)
+        .await
+        .unwrap();
+    let other = RedisLock::new(&env("STATE_REDIS_URL"), &name)
+        .await
+        .unwrap();
+    assert!(lock.try_lock(Duration::from_secs(30)).await.unwrap());
+    assert!(lock.current_token().await.is_some());
+    assert!(
+        !lock.try_lock(Duration::from_secs(30)).await.unwrap(),
+        "not re-entrant"
+    );
+    assert!(!other.try_lock(Duration::from_secs(30)).await.unwrap());
+    assert!(
+        !other.unlock().await.unwrap(),
+        "a non-owner's unlock is refused"
+    );
+    assert!(
+        !other.try_lock(Duration::from_secs(30)).await.unwrap(),
+        "still held"
+    );
+    assert!(lock.unlock().await.unwrap());
+    assert!(!lock.unlock().await.unwrap(), "nothing left to unlock");
+    let out = lock
+        .with_lock(Duration::from_secs(30), || async { Ok("done") })
+        .await
+        .unwrap();
+    assert_eq!(out, "done");
+}
+
+/// Release and renewal compare the owner: a forged lease (another owner) changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn non_owner_cannot_release_or_renew() {
+    let lock = RedisLock::new(&env("STATE_REDIS_URL"), &unique("owner"))
+        .await
+        .unwrap();
+    let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    let forged = Lease::new(new_owner_token(), guard.token());
+    assert!(!lock.release_lease(&forged).await.unwrap());
+    assert!(
+        !lock
+            .renew_lease(&forged, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        lock.try_acquire(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(guard.release().await.unwrap());
+}
+
+/// A lease nobody renews (the holder stopped) expires at its TTL and the next holder gets a
+/// higher token; the old owner can then neither renew nor release.
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expires_when_the_holder_stops_renewing() {
+    let lock = RedisLock::new(&env("STATE_REDIS_URL"), &unique("expiry"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(300);
+    let lease = lock.try_lease(ttl).await.unwrap().expect("free");
+    assert!(lock.try_lease(ttl).await.unwrap().is_none());
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let next = lock.try_lease(ttl).await.unwrap().expect("expired");
+    assert!(next.token() > lease.token());
+    assert!(!lock.renew_lease(&lease, ttl).await.unwrap());
+    assert!(!lock.release_lease(&lease).await.unwrap());
+    assert!(lock.release_lease(&next).await.unwrap());
+}
+
+/// A guard whose lease was taken away reports it lost through `lost()` and `watch()` at the
+/// next renewal, and `release()` says it was not held.
+#[tokio::test(flavor = "multi_thread")]
+async fn guard_reports_a_refused_renewal() {
+    let backend = RedisStateBackend::new(
+        RedisConfig::builder()
+            .url(env("STATE_REDIS_URL"))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let lock = RedisLock::from_backend(&backend, &unique("stolen")).unwrap();
+    let guard = lock.acquire(Duration::from_millis(600)).await.unwrap();
+    let mut watch = guard.watch();
+    let client = backend.pool().next().clone();
+    let _: i64 = fred::prelude::KeysInterface::del(&client, lock.owner_key())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), guard.lost())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    watch.wait_for(|s| *s == LeaseStatus::Lost).await.unwrap();
+    assert_eq!(guard.status(), LeaseStatus::Lost);
+    assert!(!guard.release().await.unwrap());
+}
+
+/// A throwaway redis-server of this test's own.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    fn start(aof: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("state-lock-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            child: Self::spawn(port, &dir, aof),
+            port,
+            dir,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, aof: bool) -> std::process::Child {
+        let bin = env("STATE_REDIS_SERVER_BIN");
+        std::process::Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--appendonly",
+                if aof { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server")
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on {} did not start", self.port);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With AOF persistence the fence counter survives a crash (SIGKILL) and restart: tokens keep
+/// increasing.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_increase_across_a_server_restart_with_aof() {
+    let mut server = OwnServer::start(true);
+    let name = unique("restart");
+    let lock = RedisLock::new(&server.url(), &name).await.unwrap();
+    let mut last = FencingToken::new(0);
+    for _ in 0..5 {
+        let g = lock.acquire(Duration::from_secs(5)).await.unwrap();
+        last = g.token();
+        g.release().await.unwrap();
+    }
+    server.kill();
+    server.child = OwnServer::spawn(server.port, &server.dir, true);
+    server.wait_ready();
+    let lock = RedisLock::new(&server.url(), &name).await.unwrap();
+    let g = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    assert!(g.token() > last, "{} after {last}", g.token());
+    g.release().await.unwrap();
+}
+
+/// Without persistence the counter restarts (documented): this test pins that behaviour so
+/// the docs stay true.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_persistence_tokens_restart() {
+    let mut server = OwnServer::start(false);
+    let name = unique("volatile");
+    let lock = RedisLock::new(&server.url(), &name).await.unwrap();
+    for _ in 0..3 {
+        lock.acquire(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    server.kill();
+    server.child = OwnServer::spawn(server.port, &server.dir, false);
+    server.wait_ready();
+    let lock = RedisLock::new(&server.url(), &name).await.unwrap();
+    let g = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(g.token(), FencingToken::new(1));
+    g.release().await.unwrap();
+}
+
+/// No server: a clear retryable error within a few seconds, not a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_fails_fast() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = RedisLock::new(&format!("redis://:pw-secret@127.0.0.1:{port}"), "x")
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("pw-secret"));
+}
+
+/// A server that stops answering (paused): lock calls fail with a retryable Timeout within
+/// the operation deadline, and a held guard reports its lease lost before the TTL is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_server_times_out_and_the_guard_reports_loss_before_expiry() {
+    let server = OwnServer::start(false);
+    let lock = RedisLock::new(&server.url(), &unique("paused"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(1500);
+    let sent = Instant::now();
+    let guard = lock.acquire(ttl).await.unwrap();
+    let admin = RedisStateBackend::new(RedisConfig::builder().url(server.url()).build().unwrap())
+        .await
+        .unwrap();
+    let client = admin.pool().next().clone();
+    let _: String = fred::prelude::ClientLike::custom(
+        &client,
+        fred::cmd!("CLIENT"),
+        vec!["PAUSE", "4000", "ALL"],
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .unwrap();
+    let lost_after = sent.elapsed();
+    assert!(
+        lost_after < ttl,
+        "loss reported after {lost_after:?}, TTL {ttl:?}"
+    );
+    assert!(!guard.is_held());
+    let started = Instant::now();
+    let err = lock.try_acquire(ttl).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(guard);
+}
