@@ -336,10 +336,32 @@ impl DistributedLock for LeaseCore {
 }
 
 /// The dedicated connection an advisory lease lives on. Dropping it closes the connection,
-/// which makes the server release the advisory lock.
+/// which makes the server release the advisory lock; a release the server confirmed
+/// (`pg_advisory_unlock` returned true) takes the connection out first, to be reused.
 struct AdvisorySession {
-    client: ClientWrapper,
+    client: std::sync::Mutex<Option<ClientWrapper>>,
 }
+
+impl AdvisorySession {
+    fn client(&self) -> Option<ClientWrapper> {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn put_back(&self, client: ClientWrapper) {
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+    }
+}
+
+/// Dedicated connections whose advisory lock was released and confirmed by the server: they
+/// hold no lock and are reused by the next acquisition through the same lock handle instead
+/// of opening a new connection (they never go back to the shared pool).
+const IDLE_SESSIONS: usize = 4;
 
 /// Returns a checked-out connection to the pool only when told it is clean; dropped any
 /// other way (an error, a timeout, a cancelled future) it detaches the connection from the
@@ -370,6 +392,39 @@ pub(crate) struct AdvisoryCore {
     name: String,
     target: Target,
     options: LockOptions,
+    idle: std::sync::Mutex<Vec<ClientWrapper>>,
+}
+
+impl AdvisoryCore {
+    fn lease(client: ClientWrapper, token: i64) -> Lease {
+        let session: crate::lock::LeaseSession = Arc::new(AdvisorySession {
+            client: std::sync::Mutex::new(Some(client)),
+        });
+        Lease::new(new_owner_token(), token_of(token)).with_session(session)
+    }
+
+    fn take_idle(&self) -> Option<ClientWrapper> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(client) = idle.pop() {
+            if !client.is_closed() {
+                return Some(client);
+            }
+        }
+        None
+    }
+
+    fn keep_idle(&self, client: ClientWrapper) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_SESSIONS && !client.is_closed() {
+            idle.push(client);
+        }
+    }
 }
 
 impl fmt::Debug for AdvisoryCore {
@@ -397,7 +452,10 @@ impl fmt::Debug for AdvisoryCore {
 ///   holder keeps it (no second holder while it is paused), but a hung holder keeps it until
 ///   its connection dies (TCP keepalive, `idle_session_timeout`). The TTL only sets how often
 ///   the guard checks that the session is alive and when it reports loss.
-/// - One connection per held lock.
+/// - One connection per held lock. After a release the server confirmed, the connection
+///   (now holding no lock) is kept by the lock handle, up to 4, and reused by its next
+///   acquisition; it never returns to the shared pool. A failed or unconfirmed release
+///   closes it instead.
 /// - It does not work through a pooler in transaction mode (PgBouncer `pool_mode =
 ///   transaction`): session state does not survive there. Use [`PostgresLock`] behind such
 ///   poolers.
@@ -453,6 +511,7 @@ impl PostgresAdvisoryLock {
                 name: name.to_owned(),
                 target,
                 options,
+                idle: std::sync::Mutex::new(Vec::new()),
             }),
             held: Held::default(),
         })
@@ -467,6 +526,7 @@ impl PostgresAdvisoryLock {
                 name: self.core.name.clone(),
                 target: self.core.target.clone(),
                 options,
+                idle: std::sync::Mutex::new(Vec::new()),
             }),
             held: Held::default(),
         }
@@ -501,6 +561,22 @@ impl DistributedLock for AdvisoryCore {
     async fn try_lease(&self, ttl: Duration) -> StateResult<Option<Lease>> {
         check_ttl(ttl)?;
         within(self.options.timeout(), "acquire", async {
+            // A connection that held this handle's lock before and released it cleanly.
+            // Dropped on any error or cancellation (closing it releases whatever it holds).
+            if let Some(client) = self.take_idle() {
+                let token: Option<i64> = client
+                    .query_one(ADVISORY_TRY, &[&ADVISORY_CLASS, &self.name])
+                    .await
+                    .map_err(map_pg)?
+                    .get(0);
+                return Ok(match token {
+                    None => {
+                        self.keep_idle(client);
+                        None
+                    }
+                    Some(token) => Some(Self::lease(client, token)),
+                });
+            }
             let checkout = Checkout(Some(self.target.client().await?));
             let client = checkout.0.as_ref().expect("checked out");
             let token: Option<i64> = client
@@ -513,13 +589,7 @@ impl DistributedLock for AdvisoryCore {
                     checkout.clean();
                     Ok(None)
                 }
-                Some(token) => {
-                    let client = checkout.dedicate();
-                    let session: crate::lock::LeaseSession = Arc::new(AdvisorySession { client });
-                    Ok(Some(
-                        Lease::new(new_owner_token(), token_of(token)).with_session(session),
-                    ))
-                }
+                Some(token) => Ok(Some(Self::lease(checkout.dedicate(), token))),
             }
         })
         .await
@@ -527,39 +597,50 @@ impl DistributedLock for AdvisoryCore {
 
     async fn renew_lease(&self, lease: &Lease, _ttl: Duration) -> StateResult<bool> {
         let session = session(lease)?;
-        if session.client.is_closed() {
+        let Some(client) = session.client() else {
+            return Ok(false);
+        };
+        if client.is_closed() {
             return Ok(false);
         }
         let alive = within(self.options.timeout(), "renew", async {
-            session
-                .client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(map_pg)
+            client.simple_query("SELECT 1").await.map_err(map_pg)
         })
         .await;
+        let closed = client.is_closed();
+        // Put it back for the release (or the next renewal); on cancellation above the
+        // connection is dropped, which closes it and releases the lock on the server.
+        session.put_back(client);
         match alive {
             Ok(_) => Ok(true),
             // The session is gone, and with it the lock.
-            Err(_) if session.client.is_closed() => Ok(false),
+            Err(_) if closed => Ok(false),
             Err(err) => Err(err),
         }
     }
 
     async fn release_lease(&self, lease: &Lease) -> StateResult<bool> {
         let session = session(lease)?;
-        if session.client.is_closed() {
+        let Some(client) = session.client() else {
+            return Ok(false);
+        };
+        if client.is_closed() {
             return Ok(false);
         }
+        // On error or cancellation `client` is dropped: the connection closes and the server
+        // releases the lock.
         let unlocked: bool = within(self.options.timeout(), "release", async {
-            session
-                .client
+            client
                 .query_one(ADVISORY_UNLOCK, &[&ADVISORY_CLASS, &self.name])
                 .await
                 .map_err(map_pg)
         })
         .await?
         .get(0);
+        if unlocked {
+            // Verified clean: it holds no lock now, so this handle may reuse it.
+            self.keep_idle(client);
+        }
         Ok(unlocked)
     }
 }
