@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::types::scripts::Script;
-use state_core::{Limits, StateError, StateResult};
+use state_core::{Limits, StateBackend, StateError, StateResult};
 use state_postgres::PostgresStateBackend;
 use state_redis::RedisStateBackend;
 use tokio_postgres::error::SqlState;
@@ -116,8 +116,9 @@ fn redis_fence_key(full_key: &[u8]) -> StateResult<Vec<u8>> {
     Ok(fence)
 }
 
-fn check(key: &[u8], value: &[u8]) -> StateResult<()> {
-    let limits = Limits::default();
+/// The backend's own configured limits, as its plain writes enforce them.
+fn check(backend: &dyn StateBackend, key: &[u8], value: &[u8]) -> StateResult<()> {
+    let limits: Limits = backend.capabilities().limits;
     limits.check_key(key)?;
     limits.check_value(value)
 }
@@ -131,7 +132,7 @@ async fn redis_put(
     ttl: Option<Duration>,
     fence: &Fence,
 ) -> StateResult<bool> {
-    check(key, value)?;
+    check(backend, key, value)?;
     let mut full = backend.config().key_prefix().as_bytes().to_vec();
     full.extend_from_slice(key);
     let fence_key = redis_fence_key(&full)?;
@@ -190,7 +191,7 @@ async fn pg_put(
     ttl: Option<Duration>,
     fence: &Fence,
 ) -> StateResult<bool> {
-    check(key, value)?;
+    check(backend, key, value)?;
     let fences = fence_table(backend);
     let sql = format!(
         "WITH f AS (

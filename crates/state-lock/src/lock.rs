@@ -278,6 +278,43 @@ pub fn check_ttl(ttl: Duration) -> StateResult<()> {
 }
 
 /// Runs `fut` under `timeout`, mapping the deadline to a retryable `Timeout` for `op`.
+/// An acquisition in flight. If it ends without a definite answer (a timeout, an error, or
+/// the caller dropping the future) the server may still have granted it to an owner nobody
+/// knows; dropping the attempt then releases by that owner in the background (best effort,
+/// only with a tokio runtime at hand), so the lock is not blocked for a whole TTL.
+pub(crate) struct Attempt {
+    core: Option<Arc<dyn DistributedLock>>,
+    owner: String,
+}
+
+impl Attempt {
+    pub(crate) fn new(core: Arc<dyn DistributedLock>, owner: &str) -> Self {
+        Self {
+            core: Some(core),
+            owner: owner.to_owned(),
+        }
+    }
+
+    /// The server answered: nothing to clean up.
+    pub(crate) fn settled(mut self) {
+        self.core = None;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(core) = self.core.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lease = Lease::new(std::mem::take(&mut self.owner), FencingToken::new(0));
+            runtime.spawn(async move {
+                let _ = core.release_lease(&lease).await;
+            });
+        }
+    }
+}
+
 pub(crate) async fn within<T>(
     timeout: Duration,
     op: &'static str,
@@ -359,7 +396,10 @@ pub trait DistributedLock: Send + Sync + fmt::Debug {
     /// Like [`DistributedLock::acquire`], giving up after `wait` with a retryable `Timeout`.
     async fn acquire_timeout(&self, ttl: Duration, wait: Duration) -> StateResult<LockGuard> {
         check_ttl(ttl)?;
-        let deadline = Instant::now() + wait;
+        // A wait too long to represent is as good as forever.
+        let deadline = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
         loop {
             let attempt = tokio::time::timeout_at(deadline, self.try_acquire(ttl)).await;
             match attempt {

@@ -160,7 +160,8 @@ impl Target {
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
-    ttl.as_millis().clamp(1, i64::MAX as u128) as i64
+    // Rounded up: a lease never ends before the caller's TTL.
+    ttl.as_micros().div_ceil(1000).clamp(1, i64::MAX as u128) as i64
 }
 
 fn token_of(value: i64) -> FencingToken {
@@ -295,6 +296,7 @@ impl DistributedLock for LeaseCore {
     async fn try_lease(&self, ttl: Duration) -> StateResult<Option<Lease>> {
         check_ttl(ttl)?;
         let owner = new_owner_token();
+        let attempt = crate::lock::Attempt::new(self.shared(), &owner);
         let row = within(self.options.timeout(), "acquire", async {
             let client = self.target.client().await?;
             let stmt = client.prepare_cached(ACQUIRE).await.map_err(map_pg)?;
@@ -304,6 +306,7 @@ impl DistributedLock for LeaseCore {
                 .map_err(map_pg)
         })
         .await?;
+        attempt.settled();
         Ok(row.map(|row| Lease::new(owner, token_of(row.get(0)))))
     }
 

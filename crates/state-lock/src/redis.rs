@@ -230,7 +230,8 @@ impl RedisLock {
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
-    ttl.as_millis().clamp(1, i64::MAX as u128) as i64
+    // Rounded up: a lease never ends before the caller's TTL.
+    ttl.as_micros().div_ceil(1000).clamp(1, i64::MAX as u128) as i64
 }
 
 #[async_trait]
@@ -253,6 +254,7 @@ impl DistributedLock for RedisCore {
         crate::lock::check_ttl(ttl)?;
         let owner = new_owner_token();
         let client = self.pool.next();
+        let attempt = crate::lock::Attempt::new(self.shared(), &owner);
         let token: Option<i64> = within(self.options.timeout(), "acquire", async {
             self.scripts
                 .acquire
@@ -265,6 +267,7 @@ impl DistributedLock for RedisCore {
                 .map_err(map_fred)
         })
         .await?;
+        attempt.settled();
         Ok(token.map(|t| Lease::new(owner, FencingToken::new(t.max(0) as u64))))
     }
 

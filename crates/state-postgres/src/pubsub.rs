@@ -17,8 +17,8 @@ use crate::error::map_pg;
 /// most 7,999 bytes, and messages travel hex-encoded (any bytes are allowed).
 pub const MAX_MESSAGE_BYTES: usize = 3_999;
 
-/// Messages buffered per subscription before the oldest are dropped (and a lag error is
-/// yielded).
+/// Messages buffered per subscription; beyond it new messages are dropped and the stream
+/// yields a `ConditionNotMatch` error before the next message it delivers.
 const BUFFER: usize = 4096;
 
 fn hex(bytes: &[u8]) -> String {
@@ -117,6 +117,7 @@ async fn listen_loop(
     ready: tokio::sync::oneshot::Sender<StateResult<()>>,
 ) {
     let mut ready = Some(ready);
+    let mut lagged = false;
     let mut backoff = Duration::from_millis(50);
     let listen = format!("LISTEN \"{}\"", name.replace('"', "\"\""));
     loop {
@@ -146,10 +147,23 @@ async fn listen_loop(
                                 "postgres: foreign NOTIFY payload",
                             )
                         });
+                        if lagged {
+                            // Report the gap before anything that follows it.
+                            let gap = StateError::new(
+                                ErrorKind::ConditionNotMatch,
+                                "postgres: subscriber fell behind; messages were dropped",
+                            );
+                            match tx.try_send(Err(gap)) {
+                                Ok(()) => lagged = false,
+                                Err(mpsc::error::TrySendError::Full(_)) => continue,
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            }
+                        }
                         match tx.try_send(item) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 tracing::warn!(channel = %name, "state-postgres: subscriber lagging; message dropped");
+                                lagged = true;
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }

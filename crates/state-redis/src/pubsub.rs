@@ -22,8 +22,9 @@ pub(crate) const SUBSCRIBER_BUFFER: usize = 4096;
 ///
 /// Items are `Ok(payload)`, or an `Err` of kind `ConditionNotMatch` when the reader fell behind
 /// and messages were dropped (a cache should then invalidate everything it holds). The
-/// subscription resubscribes by itself after a reconnect; messages published while it was
-/// disconnected are lost (Redis pub/sub keeps nothing). Dropping it closes its connection.
+/// subscription resubscribes by itself after a reconnect and then yields one retryable
+/// `Connection` error: messages published while it was disconnected are lost (Redis pub/sub
+/// keeps nothing). Dropping it closes its connection.
 pub struct Subscription {
     client: SubscriberClient,
     messages: BoxStream<'static, StateResult<Bytes>>,
@@ -44,10 +45,26 @@ impl Subscription {
             .map_err(|e| map_fred(e).with_operation("subscribe"))?;
         let _resubscriber = client.manage_subscriptions();
         let rx = client.message_rx();
+        let reconnects = client.reconnect_rx();
         client
             .subscribe(channel.clone())
             .await
             .map_err(|e| map_fred(e).with_operation("subscribe"))?;
+        // A reconnect means messages published meanwhile were lost (Redis keeps none): it is
+        // yielded as an error item so readers (caches) can react.
+        let lost = futures_util::stream::unfold(reconnects, |mut reconnects| async move {
+            match reconnects.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => Some((
+                    Err(StateError::new(
+                        ErrorKind::Connection,
+                        "subscriber reconnected: messages published meanwhile were lost",
+                    )
+                    .with_retryable(true)),
+                    reconnects,
+                )),
+                Err(RecvError::Closed) => None,
+            }
+        });
         let messages =
             futures_util::stream::unfold((rx, channel), |(mut rx, channel)| async move {
                 loop {
@@ -70,7 +87,7 @@ impl Subscription {
             });
         Ok(Self {
             client,
-            messages: Box::pin(messages),
+            messages: Box::pin(futures_util::stream::select(messages, lost)),
         })
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use state_core::{ErrorKind, StateBackend};
 use state_redis::{RedisConfig, RedisStateBackend};
 
@@ -255,6 +256,48 @@ async fn backend_recovers_after_server_restart() {
         b.get(b"k").await.unwrap(),
         Some(Bytes::from_static(b"after"))
     );
+}
+
+/// A subscription whose server restarts yields one retryable error (messages published
+/// meanwhile were lost), resubscribes by itself, and delivers again.
+#[tokio::test]
+async fn subscription_reports_a_reconnect_and_resumes() {
+    let mut server = OwnServer::start();
+    let b = RedisStateBackend::new(
+        RedisConfig::builder()
+            .url(server.url())
+            .key_prefix("sub-restart:")
+            .command_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut sub = b.subscribe("events").await.unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    server.child = OwnServer::spawn(server.port);
+    let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an item after the reconnect")
+        .expect("stream open");
+    let err = item.expect_err("the reconnect is reported before any message");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    assert!(err.is_retryable());
+    // Resubscribed: a message published now arrives.
+    let started = std::time::Instant::now();
+    loop {
+        let _ = b.publish("events", b"after").await;
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+        {
+            assert_eq!(m, Bytes::from_static(b"after"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no delivery after resubscribe"
+        );
+    }
 }
 
 /// `pool_stats` reports the opened connections and the configured ceiling.

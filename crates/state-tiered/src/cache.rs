@@ -75,11 +75,11 @@ enum Written<'a> {
     Unknown,
 }
 
-/// A load whose value must not be cached (a write overlapped it), shared with every caller
-/// that waited on the same load.
+/// Why a load put nothing in L1: a write overlapped it (every waiter then reads the inner
+/// backend again), or it failed.
 #[derive(Debug)]
 enum LoadError {
-    Uncacheable(Option<Bytes>),
+    Uncacheable,
     Failed(StateError),
 }
 
@@ -470,16 +470,26 @@ impl CachedStateBackend {
                 (None, Some(stamp)) if self.negative_ttl.is_some() => {
                     Ok(self.slot(None, stamp, None))
                 }
-                (loaded, _) => Err(LoadError::Uncacheable(loaded.map(|(v, _)| v))),
+                _ => Err(LoadError::Uncacheable),
             }
         };
         match self.shared.l1.try_get_with(owned, load).await {
-            Ok(slot) => Ok(slot.value),
+            // A shared load (ours or one we joined) is trusted only while its stamp is
+            // current: then no write of the key started after the load began, so any write
+            // this caller finished before asking is included.
+            Ok(slot) if self.shared.versions.is_current(key, slot.stamp) => Ok(slot.value),
             Err(err) => match &*err {
-                LoadError::Uncacheable(value) => Ok(value.clone()),
                 LoadError::Failed(e) => Err(clone_error(e)),
+                // The load overlapped a write, possibly one this caller already finished.
+                LoadError::Uncacheable => self.reread(key).await,
             },
+            Ok(_) => self.reread(key).await,
         }
+    }
+
+    /// Reads the inner backend directly, without caching (after a load raced a write).
+    async fn reread(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
+        Ok(self.inner.get_for_cache(key).await?.map(|(v, _)| v))
     }
 
     /// Runs a write of `key` on the inner backend, then updates L1: caches `written` (with
@@ -491,9 +501,12 @@ impl CachedStateBackend {
         key_ttl: Option<Duration>,
         op: impl Future<Output = StateResult<T>>,
     ) -> StateResult<T> {
-        let ticket = self.shared.versions.begin_write(key);
+        // Invalid keys never reach the versions or the bus (one bad request must not
+        // announce anything).
+        self.caps.limits.check_key(key)?;
+        let pending = Pending::begin(self, key);
         let result = op.await;
-        let stamp = self.shared.versions.end_write(ticket);
+        let stamp = pending.finish();
         self.shared.l1.invalidate(key).await;
         let value = match written {
             Written::Value(v) => Some(Some(v)),
@@ -510,9 +523,6 @@ impl CachedStateBackend {
                     .insert(Bytes::copy_from_slice(key), slot)
                     .await;
             }
-        }
-        if let Some(c) = &self.coherence {
-            c.announce(key);
         }
         result
     }
@@ -532,17 +542,12 @@ impl CachedStateBackend {
         keys: &[&[u8]],
         op: impl Future<Output = StateResult<T>>,
     ) -> StateResult<T> {
-        let tickets: Vec<_> = keys
-            .iter()
-            .map(|k| self.shared.versions.begin_write(k))
-            .collect();
+        self.caps.limits.check_keys(keys)?;
+        let pending: Vec<Pending<'_>> = keys.iter().map(|k| Pending::begin(self, k)).collect();
         let result = op.await;
-        for (key, ticket) in keys.iter().zip(tickets) {
-            self.shared.versions.end_write(ticket);
+        for (key, p) in keys.iter().zip(pending) {
+            p.finish();
             self.shared.l1.invalidate(*key).await;
-            if let Some(c) = &self.coherence {
-                c.announce(key);
-            }
         }
         result
     }
@@ -553,6 +558,46 @@ impl CachedStateBackend {
         if let Some(c) = &self.coherence {
             c.announce_all();
         }
+    }
+}
+
+/// A local write between its start and its end. Finishing it (or dropping it, when the
+/// write's future is cancelled and its outcome unknown) ends the write in the versions and
+/// announces the key to other instances, so a cancelled write never leaves its stripe "in
+/// flight" forever nor goes unannounced.
+struct Pending<'c> {
+    cache: &'c CachedStateBackend,
+    key: &'c [u8],
+    ticket: Option<crate::versions::WriteTicket>,
+}
+
+impl<'c> Pending<'c> {
+    fn begin(cache: &'c CachedStateBackend, key: &'c [u8]) -> Self {
+        Self {
+            cache,
+            key,
+            ticket: Some(cache.shared.versions.begin_write(key)),
+        }
+    }
+
+    /// Ends the write; returns the stamp its value may be cached under (write-through).
+    fn finish(mut self) -> Option<Stamp> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Option<Stamp> {
+        let ticket = self.ticket.take()?;
+        let stamp = self.cache.shared.versions.end_write(ticket);
+        if let Some(c) = &self.cache.coherence {
+            c.announce(self.key);
+        }
+        stamp
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -71,6 +71,9 @@ impl InvalidationBus for state_postgres::PostgresStateBackend {
     }
 }
 
+/// Announcements queued before the queue collapses into one "invalidate everything".
+const QUEUE: usize = 65_536;
+
 const KIND_KEYS: u8 = b'K';
 const KIND_ALL: u8 = b'A';
 const KIND_PING: u8 = b'P';
@@ -89,6 +92,9 @@ struct Counters {
     publish_errors: AtomicU64,
     bus_errors: AtomicU64,
     degraded_periods: AtomicU64,
+    /// Set when an announcement could not be delivered (publish failed or the queue
+    /// overflowed): an "invalidate everything" message is owed to the other instances.
+    owe_all: AtomicBool,
     /// Milliseconds since `epoch` when this instance last heard its own heartbeat.
     last_pong_ms: AtomicU64,
     subscribed: AtomicBool,
@@ -96,7 +102,7 @@ struct Counters {
 
 /// The running coherence tasks of one cache; stopped when dropped.
 pub(crate) struct Coherence {
-    notes: mpsc::UnboundedSender<Note>,
+    notes: mpsc::Sender<Note>,
     counters: Arc<Counters>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -143,7 +149,7 @@ impl Coherence {
         let epoch = Instant::now();
         let first = bus.subscribe().await?;
         counters.subscribed.store(true, Ordering::Release);
-        let (notes, rx) = mpsc::unbounded_channel();
+        let (notes, rx) = mpsc::channel(QUEUE);
         let listener = tokio::spawn(listen(
             Arc::clone(&bus),
             first,
@@ -168,14 +174,23 @@ impl Coherence {
         })
     }
 
-    /// Announces a local write of `key`.
+    /// Announces a local write of `key`. A full queue (the bus cannot keep up) turns into
+    /// one "invalidate everything" announcement instead of unbounded memory.
     pub(crate) fn announce(&self, key: &[u8]) {
-        let _ = self.notes.send(Note::Key(Bytes::copy_from_slice(key)));
+        if self
+            .notes
+            .try_send(Note::Key(Bytes::copy_from_slice(key)))
+            .is_err()
+        {
+            self.counters.owe_all.store(true, Ordering::Release);
+        }
     }
 
     /// Announces a local write of unknown keys (clear, prefix delete, restore).
     pub(crate) fn announce_all(&self) {
-        let _ = self.notes.send(Note::All);
+        if self.notes.try_send(Note::All).is_err() {
+            self.counters.owe_all.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn report(&self, d: &mut BTreeMap<String, f64>) {
@@ -193,9 +208,11 @@ impl Coherence {
 }
 
 fn degrade(shared: &Shared, counters: &Counters, why: &str) {
-    // Messages may be lost from now on: forget everything, cache briefly until healthy.
+    // Messages may be lost from now on: cache briefly (flag first, so a load finishing in
+    // between gets the short lifetime), then forget everything.
+    let was = shared.degraded.swap(true, Ordering::AcqRel);
     shared.invalidate_all();
-    if !shared.degraded.swap(true, Ordering::AcqRel) {
+    if !was {
         counters.degraded_periods.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             reason = why,
@@ -290,7 +307,8 @@ async fn handle(message: &[u8], shared: &Shared, counters: &Counters, me: u64, e
 }
 
 async fn send(bus: &dyn InvalidationBus, message: &[u8], counters: &Counters) {
-    // A lost announcement leaves other instances stale until their copy expires: retry.
+    // A lost announcement leaves other instances stale: retry, then owe them an
+    // "invalidate everything" as soon as the bus takes messages again.
     for attempt in 0..3u32 {
         match bus.publish(message).await {
             Ok(()) => return,
@@ -301,11 +319,25 @@ async fn send(bus: &dyn InvalidationBus, message: &[u8], counters: &Counters) {
         }
     }
     counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+    counters.owe_all.store(true, Ordering::Release);
+}
+
+/// Sends the owed "invalidate everything", if any; it stays owed when the bus refuses it.
+async fn settle_debt(bus: &dyn InvalidationBus, counters: &Counters, instance: u64) {
+    if counters.owe_all.swap(false, Ordering::AcqRel) {
+        let mut m = BytesMut::with_capacity(HEADER);
+        encode_header(&mut m, KIND_ALL, instance);
+        if bus.publish(&m).await.is_err() {
+            counters.owe_all.store(true, Ordering::Release);
+        } else {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn publish_loop(
     bus: Arc<dyn InvalidationBus>,
-    mut rx: mpsc::UnboundedReceiver<Note>,
+    mut rx: mpsc::Receiver<Note>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     instance: u64,
@@ -325,8 +357,8 @@ async fn publish_loop(
                 None => return,
             },
             _ = tick.tick() => {
-                let silent = epoch.elapsed().as_millis() as u64
-                    - counters.last_pong_ms.load(Ordering::Acquire);
+                let silent = (epoch.elapsed().as_millis() as u64)
+                    .saturating_sub(counters.last_pong_ms.load(Ordering::Acquire));
                 if silent > 3 * heartbeat.as_millis() as u64 {
                     degrade(&shared, &counters, "own heartbeat not heard back");
                 }
@@ -334,9 +366,11 @@ async fn publish_loop(
                 encode_header(&mut ping, KIND_PING, instance);
                 // A failed ping is what the watchdog above detects.
                 let _ = bus.publish(&ping).await;
+                settle_debt(&*bus, &counters, instance).await;
                 continue;
             }
         };
+        settle_debt(&*bus, &counters, instance).await;
         // Coalesce whatever is queued into as few messages as fit.
         let mut all = false;
         let mut keys: Vec<Bytes> = Vec::new();

@@ -9,9 +9,51 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use state_core::{
-    Capabilities, ScanStream, StateBackend, StateError, StateFuture, StateResult, StateStats,
+    Capabilities, ErrorKind, ScanStream, StateBackend, StateError, StateFuture, StateResult,
+    StateStats,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Tier entries carry one header byte: a value, or a tombstone left by a deletion (it keeps a
+/// concurrent promotion from bringing the deleted value back until it expires).
+const VALUE: u8 = 0;
+const TOMBSTONE: u8 = 1;
+
+fn encode(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(VALUE);
+            out.extend_from_slice(v);
+            out
+        }
+        None => vec![TOMBSTONE],
+    }
+}
+
+/// What a cache tier holds under a key.
+enum Stored {
+    Value(Bytes),
+    Tombstone,
+    /// Not written by a tiered backend: ignored.
+    Foreign,
+}
+
+fn decode(stored: &[u8]) -> Stored {
+    match stored.split_first() {
+        Some((&VALUE, rest)) => Stored::Value(Bytes::copy_from_slice(rest)),
+        Some((&TOMBSTONE, [])) => Stored::Tombstone,
+        _ => Stored::Foreign,
+    }
+}
+
+/// Stripes of per-key write locks (one process's writes of a key reach the tiers in order).
+const LOCK_STRIPES: usize = 1024;
+
+fn stripe(key: &[u8]) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::with_seed(7).hash_one(key) as usize) % LOCK_STRIPES
+}
 
 /// One cache tier: a backend and how long entries may live in it.
 struct CacheTier {
@@ -83,6 +125,9 @@ impl TieredBuilder {
             });
         }
         Ok(TieredStateBackend {
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             caps: backend.capabilities(),
             durable: backend,
             tiers,
@@ -116,6 +161,7 @@ impl TieredBuilder {
 /// keep tier TTLs short where that matters.
 pub struct TieredStateBackend {
     durable: Arc<dyn StateBackend>,
+    locks: Box<[tokio::sync::Mutex<()>]>,
     caps: Capabilities,
     tiers: Vec<CacheTier>,
     born: Instant,
@@ -189,38 +235,55 @@ impl TieredStateBackend {
     }
 
     /// Copies a value found below into the usable tiers above `found_at`, never replacing
-    /// a newer write.
+    /// a newer write or a deletion's tombstone (`set_if_not_exists`).
     async fn promote(&self, key: &[u8], value: &[u8], key_ttl: Option<Duration>, found_at: usize) {
+        let stored = encode(Some(value));
         for tier in self.tiers[..found_at].iter().filter(|t| self.usable(t)) {
             let ttl = Self::tier_ttl(tier, key_ttl);
             if ttl.as_millis() == 0 {
                 continue;
             }
-            if let Err(err) = tier.backend.set_if_not_exists(key, value, Some(ttl)).await {
-                self.failed(tier, &err);
+            match tier
+                .backend
+                .set_if_not_exists(key, &stored, Some(ttl))
+                .await
+            {
+                Ok(_) => {}
+                // Too large for this tier: it simply does not hold the key.
+                Err(err) if err.kind() == ErrorKind::InvalidInput => {}
+                Err(err) => self.failed(tier, &err),
             }
         }
     }
 
     async fn lookup(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        let mut promote_to = self.tiers.len();
         for (i, tier) in self.tiers.iter().enumerate() {
             if !self.usable(tier) {
                 continue;
             }
             match tier.backend.get_with_ttl(key).await {
-                Ok(Some((value, ttl))) => {
-                    tier.hits.fetch_add(1, Ordering::Relaxed);
-                    self.promote(key, &value, ttl, i).await;
-                    return Ok(Some((value, ttl)));
-                }
+                Ok(Some((stored, ttl))) => match decode(&stored) {
+                    Stored::Value(value) => {
+                        tier.hits.fetch_add(1, Ordering::Relaxed);
+                        self.promote(key, &value, ttl, i).await;
+                        return Ok(Some((value, ttl)));
+                    }
+                    // A recent deletion: ask the durable tier, promote nowhere below here.
+                    Stored::Tombstone => {
+                        promote_to = promote_to.min(i);
+                        break;
+                    }
+                    Stored::Foreign => {}
+                },
                 Ok(None) => {}
                 Err(err) => self.failed(tier, &err),
             }
         }
         if let Some((value, ttl)) = self.durable.get_with_ttl(key).await? {
             self.durable_hits.fetch_add(1, Ordering::Relaxed);
-            self.promote(key, &value, ttl, self.tiers.len()).await;
+            self.promote(key, &value, ttl, promote_to).await;
             Ok(Some((value, ttl)))
         } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -228,21 +291,27 @@ impl TieredStateBackend {
         }
     }
 
-    /// After a durable write: write `value` (with `key_ttl`) through every usable tier, or
-    /// remove the key (`None`).
+    /// After a durable write: write `value` (with `key_ttl`) through every usable tier, or a
+    /// tombstone (`None`: the key was deleted) so no concurrent promotion can bring the old
+    /// value back.
     async fn sync_tiers(&self, key: &[u8], value: Option<&[u8]>, key_ttl: Option<Duration>) {
-        for tier in &self.tiers {
-            if !self.usable(tier) {
-                continue;
-            }
-            let result = match value {
-                Some(v) => {
-                    tier.backend
-                        .put_with_ttl(key, v, Self::tier_ttl(tier, key_ttl))
-                        .await
-                }
-                None => tier.backend.delete(key).await.map(|_| ()),
+        let stored = encode(value);
+        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
+            let ttl = if value.is_some() {
+                Self::tier_ttl(tier, key_ttl)
+            } else {
+                tier.ttl
             };
+            let mut result = tier.backend.put_with_ttl(key, &stored, ttl).await;
+            if let Err(err) = &result
+                && err.kind() == ErrorKind::InvalidInput
+            {
+                // Too large for this tier: a tombstone keeps it from serving an older copy.
+                result = tier
+                    .backend
+                    .put_with_ttl(key, &encode(None), tier.ttl)
+                    .await;
+            }
             if let Err(err) = result {
                 // It may still hold the old value: best effort removal, then bypass it.
                 let _ = tier.backend.delete(key).await;
@@ -251,14 +320,34 @@ impl TieredStateBackend {
         }
     }
 
-    /// After a durable write of many keys: every usable tier drops them.
-    async fn drop_from_tiers(&self, keys: &[&[u8]]) {
-        for tier in &self.tiers {
-            if !self.usable(tier) {
-                continue;
+    /// A durable write whose outcome is unknown (it failed or timed out, and may have
+    /// applied): no cache tier may keep the old value.
+    async fn unknown_outcome(&self, key: &[u8]) {
+        self.sync_tiers(key, None, None).await;
+    }
+
+    /// Runs a write of `key` on the durable tier and then the tier sync, holding the key's
+    /// stripe lock so two writes of one key from this process reach every tier in the same
+    /// order.
+    async fn write_one<'v, T>(
+        &self,
+        key: &[u8],
+        op: impl Future<Output = StateResult<T>>,
+        then: impl FnOnce(&T) -> Option<(Option<&'v [u8]>, Option<Duration>)>,
+    ) -> StateResult<T> {
+        let _order = self.locks[stripe(key)].lock().await;
+        match op.await {
+            Ok(done) => {
+                if let Some((value, ttl)) = then(&done) {
+                    self.sync_tiers(key, value, ttl).await;
+                }
+                Ok(done)
             }
-            if let Err(err) = tier.backend.batch_delete(keys).await {
-                self.failed(tier, &err);
+            Err(err) => {
+                if !err.is_unsupported() && err.kind() != ErrorKind::InvalidInput {
+                    self.unknown_outcome(key).await;
+                }
+                Err(err)
             }
         }
     }
@@ -289,18 +378,18 @@ impl StateBackend for TieredStateBackend {
 
     fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
         StateFuture::boxed(async move {
-            self.durable.put(key, value).await?;
-            self.sync_tiers(key, Some(value), self.caps.default_ttl)
-                .await;
-            Ok(())
+            let ttl = self.caps.default_ttl;
+            self.write_one(key, self.durable.put(key, value), |()| {
+                Some((Some(value), ttl))
+            })
+            .await
         })
     }
 
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         StateFuture::boxed(async move {
-            let removed = self.durable.delete(key).await?;
-            self.sync_tiers(key, None, None).await;
-            Ok(removed)
+            self.write_one(key, self.durable.delete(key), |_| Some((None, None)))
+                .await
         })
     }
 
@@ -348,12 +437,13 @@ impl StateBackend for TieredStateBackend {
                 Ok(values) => {
                     let mut still = Vec::new();
                     for (&i, v) in missing.iter().zip(values) {
-                        match v {
-                            Some(v) => {
+                        // Tombstones and foreign entries fall through to the tiers below.
+                        match v.as_deref().map(decode) {
+                            Some(Stored::Value(v)) => {
                                 tier.hits.fetch_add(1, Ordering::Relaxed);
                                 out[i] = Some(v);
                             }
-                            None => still.push(i),
+                            _ => still.push(i),
                         }
                     }
                     missing = still;
@@ -373,22 +463,50 @@ impl StateBackend for TieredStateBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
-        self.durable.batch_put(entries).await?;
-        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
-        self.drop_from_tiers(&keys).await;
-        Ok(())
+        let result = self.durable.batch_put(entries).await;
+        match &result {
+            Ok(()) => {
+                // Last value of duplicate keys wins, as in the durable tier.
+                let mut last: std::collections::HashMap<&[u8], &[u8]> =
+                    std::collections::HashMap::with_capacity(entries.len());
+                for (k, v) in entries {
+                    last.insert(k, v);
+                }
+                join_all(last.into_iter().map(|(k, v)| async move {
+                    let _order = self.locks[stripe(k)].lock().await;
+                    self.sync_tiers(k, Some(v), self.caps.default_ttl).await;
+                }))
+                .await;
+            }
+            Err(err) if err.kind() != ErrorKind::InvalidInput => {
+                join_all(entries.iter().map(|(k, _)| self.unknown_outcome(k))).await;
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
-        let removed = self.durable.batch_delete(keys).await?;
-        self.drop_from_tiers(keys).await;
-        Ok(removed)
+        let result = self.durable.batch_delete(keys).await;
+        if result
+            .as_ref()
+            .err()
+            .is_none_or(|e| e.kind() != ErrorKind::InvalidInput)
+        {
+            join_all(keys.iter().map(|k| async move {
+                let _order = self.locks[stripe(k)].lock().await;
+                self.sync_tiers(k, None, None).await;
+            }))
+            .await;
+        }
+        result
     }
 
     async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
-        self.durable.put_with_ttl(key, value, ttl).await?;
-        self.sync_tiers(key, Some(value), Some(ttl)).await;
-        Ok(())
+        self.write_one(key, self.durable.put_with_ttl(key, value, ttl), |()| {
+            Some((Some(value), Some(ttl)))
+        })
+        .await
     }
 
     async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
@@ -414,11 +532,13 @@ impl StateBackend for TieredStateBackend {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> StateResult<bool> {
-        let swapped = self.durable.compare_and_swap(key, expected, new).await?;
-        if swapped {
-            self.sync_tiers(key, new, self.caps.default_ttl).await;
-        }
-        Ok(swapped)
+        let ttl = self.caps.default_ttl;
+        self.write_one(
+            key,
+            self.durable.compare_and_swap(key, expected, new),
+            |swapped| swapped.then_some((new, ttl)),
+        )
+        .await
     }
 
     async fn set_if_not_exists(
@@ -427,18 +547,20 @@ impl StateBackend for TieredStateBackend {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> StateResult<bool> {
-        let stored = self.durable.set_if_not_exists(key, value, ttl).await?;
-        if stored {
-            self.sync_tiers(key, Some(value), ttl.or(self.caps.default_ttl))
-                .await;
-        }
-        Ok(stored)
+        let ttl = ttl.or(self.caps.default_ttl);
+        self.write_one(
+            key,
+            self.durable.set_if_not_exists(key, value, ttl),
+            |stored| stored.then_some((Some(value), ttl)),
+        )
+        .await
     }
 
     async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
-        let value = self.durable.get_and_delete(key).await?;
-        self.sync_tiers(key, None, None).await;
-        Ok(value)
+        self.write_one(key, self.durable.get_and_delete(key), |_| {
+            Some((None, None))
+        })
+        .await
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {

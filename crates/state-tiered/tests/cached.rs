@@ -2,81 +2,23 @@
 //! coherence between instances over real Redis and PostgreSQL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use state_core::{StateBackend, StateFuture, StateResult};
+use state_core::{StateBackend, StateResult};
 use state_memory::MemoryStateBackend;
 use state_postgres::PostgresStateBackend;
 use state_redis::{RedisConfig, RedisStateBackend};
 use state_tiered::{CachedStateBackend, InvalidationBus, WritePolicy};
 
+mod common;
+use common::Slow;
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name}: run `cargo xtask test`"))
-}
-
-/// A memory backend that counts inner reads and takes `delay` per read.
-#[derive(Debug)]
-struct Slow {
-    inner: MemoryStateBackend,
-    loads: AtomicU64,
-    delay: Duration,
-}
-
-impl Slow {
-    fn new(delay: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            inner: MemoryStateBackend::new(None),
-            loads: AtomicU64::new(0),
-            delay,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl StateBackend for Slow {
-    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        StateFuture::boxed(async move {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-            self.inner.get(key).await
-        })
-    }
-    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> StateFuture<'a, ()> {
-        StateFuture::boxed(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.put(key, value).await
-        })
-    }
-    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.inner.delete(key)
-    }
-    async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
-        self.inner.list_keys(prefix).await
-    }
-    async fn clear(&self) -> StateResult<()> {
-        self.inner.clear().await
-    }
-    async fn count(&self) -> StateResult<usize> {
-        self.inner.count().await
-    }
-    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.inner.contains(key)
-    }
-    fn capabilities(&self) -> state_core::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
-        self.inner.put_with_ttl(key, value, ttl).await
-    }
-    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
-        self.inner.get_with_ttl(key).await
-    }
 }
 
 /// 100 concurrent gets of one cold key make exactly one inner load.

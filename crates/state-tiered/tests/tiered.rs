@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use state_core::StateBackend;
+use state_memory::MemoryStateBackend;
 use state_postgres::PostgresStateBackend;
 use state_redis::{RedisConfig, RedisStateBackend};
 use state_tiered::TieredStateBackend;
+
+mod common;
+use common::Slow;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name}: run `cargo xtask test`"))
@@ -98,8 +102,8 @@ async fn stopped_l2_degrades_to_durable_and_never_serves_a_replaced_value() {
     );
     assert_eq!(
         redis.get(b"k").await.unwrap(),
-        Some(Bytes::from_static(b"v1")),
-        "written through to L2"
+        Some(Bytes::from_static(b"\x00v1")),
+        "written through to L2 (one header byte: a value)"
     );
     // Promotion: a key only in the durable tier is copied up on read, with the tier TTL.
     postgres.put(b"cold", b"c").await.unwrap();
@@ -153,9 +157,45 @@ async fn stopped_l2_degrades_to_durable_and_never_serves_a_replaced_value() {
     tiered.put(b"k", b"v3").await.unwrap();
     assert_eq!(
         redis.get(b"k").await.unwrap(),
-        Some(Bytes::from_static(b"v3"))
+        Some(Bytes::from_static(b"\x00v3"))
     );
     assert!((tiered.stats().await.details["redis_bypassed"] - 0.0).abs() < f64::EPSILON);
     server.kill();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A read that loaded the old value from the durable tier before a delete finished must not
+/// promote it into the cache tier afterwards: the delete leaves a tombstone there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_racing_a_slow_read_leaves_no_resurrected_copy() {
+    let durable = Slow::new(Duration::from_millis(150));
+    durable.inner.put(b"k", b"old").await.unwrap();
+    let l2 = Arc::new(MemoryStateBackend::new(None));
+    let tiered = Arc::new(
+        TieredStateBackend::builder()
+            .cache_tier("l2", l2.clone(), Duration::from_secs(60))
+            .durable(durable.clone())
+            .unwrap(),
+    );
+    let reader = {
+        let tiered = Arc::clone(&tiered);
+        tokio::spawn(async move { tiered.get(b"k").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(tiered.delete(b"k").await.unwrap());
+    // The slow read returns what it read before the delete, then tries to promote it.
+    assert_eq!(reader.await.unwrap(), Some(Bytes::from_static(b"old")));
+    assert_eq!(
+        tiered.get(b"k").await.unwrap(),
+        None,
+        "deleted value resurrected"
+    );
+    assert_eq!(tiered.get(b"k").await.unwrap(), None);
+    // A later write replaces the tombstone and is served from the cache tier again.
+    tiered.put(b"k", b"new").await.unwrap();
+    assert_eq!(
+        tiered.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"new"))
+    );
+    assert!(tiered.tier_counts()[0].1 >= 1, "served from l2");
 }
