@@ -19,9 +19,13 @@ use crate::lock::{
 };
 use crate::seed::{Held, seed_api};
 
-/// Advisory-lock class of this workspace (`'STAT'` as a big-endian `i32`, as in
-/// `state-postgres`). Object 1 serializes `state-postgres` migrations, object 2 this crate's.
-pub const ADVISORY_CLASS: i32 = 0x5354_4154;
+/// Advisory-lock class of [`PostgresAdvisoryLock`]s (`'STAV'` as a big-endian `i32`); the
+/// object is `hashtext(name)`. Kept apart from the workspace's internal locks (`'STAT'`:
+/// migrations, object 1 for `state-postgres`, 2 for this crate; `'STAU'`: expiry sweeps), so
+/// no lock name can collide with them.
+pub const ADVISORY_CLASS: i32 = 0x5354_4156;
+/// Class of the advisory lock serializing migrations (the workspace's `'STAT'`).
+const MIGRATION_CLASS: i32 = 0x5354_4154;
 const MIGRATION_LOCK: i32 = 2;
 
 /// The lease table (in the connection's `search_path`).
@@ -140,7 +144,7 @@ impl Target {
             let tx = client.transaction().await.map_err(map_pg)?;
             tx.execute(
                 "SELECT pg_advisory_xact_lock($1, $2)",
-                &[&ADVISORY_CLASS, &MIGRATION_LOCK],
+                &[&MIGRATION_CLASS, &MIGRATION_LOCK],
             )
             .await
             .map_err(map_pg)?;

@@ -459,11 +459,15 @@ impl CachedStateBackend {
         let load = async {
             self.stats.loads.fetch_add(1, Ordering::Relaxed);
             let stamp = self.shared.versions.fill_stamp(key);
+            let asked = Instant::now();
             let loaded = self
                 .inner
                 .get_for_cache(key)
                 .await
-                .map_err(LoadError::Failed)?;
+                .map_err(LoadError::Failed)?
+                // The TTL was read at some point during the round trip: count it from when
+                // the request left, so the copy cannot outlive the key.
+                .map(|(v, ttl)| (v, ttl.map(|t| t.saturating_sub(asked.elapsed()))));
             let cacheable = stamp.filter(|s| self.shared.versions.is_current(key, *s));
             match (loaded, cacheable) {
                 (Some((value, key_ttl)), Some(stamp)) => Ok(self.slot(Some(value), stamp, key_ttl)),
