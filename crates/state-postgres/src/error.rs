@@ -4,7 +4,9 @@ use deadpool_postgres::{PoolError, TimeoutType};
 use state_core::{ErrorKind, StateError};
 use tokio_postgres::error::SqlState;
 
-/// Maps a tokio-postgres error.
+/// Maps a tokio-postgres error to a [`StateError`] the way this crate does (public for crates
+/// that run their own statements through [`crate::PostgresStateBackend::pool`], such as
+/// `state-lock`).
 ///
 /// Retryable: lost or refused connections (class 08, a closed client), server shutdown or
 /// start-up (`57P01`..`57P03`), too many connections (`53300`), a cancelled statement
@@ -12,7 +14,7 @@ use tokio_postgres::error::SqlState;
 /// failures and deadlocks (`40001`, `40P01`), and writes refused by a server in recovery
 /// (`25006`, a replica or a primary mid-failover). Not retryable: authentication (class 28),
 /// invalid data (class 22), and SQL errors.
-pub(crate) fn map_pg(err: tokio_postgres::Error) -> StateError {
+pub fn map_pg(err: tokio_postgres::Error) -> StateError {
     let (kind, retryable) = match err.code() {
         Some(code) => classify(code),
         None if err.is_closed() => (ErrorKind::Connection, true),
@@ -60,7 +62,7 @@ fn classify(code: &SqlState) -> (ErrorKind, bool) {
 
 /// Maps a pool checkout error: a wait or connect timeout is a retryable `Timeout`, a failed
 /// connect is mapped like any PostgreSQL error, a closed pool is `Closed`.
-pub(crate) fn map_pool(err: PoolError) -> StateError {
+pub fn map_pool(err: PoolError) -> StateError {
     match err {
         PoolError::Timeout(TimeoutType::Wait) => StateError::timeout(
             "postgres: timed out waiting for a pooled connection (pool exhausted; see pool_stats())",

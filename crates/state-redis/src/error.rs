@@ -3,10 +3,11 @@
 use fred::error::{Error as FredError, ErrorKind as FredKind};
 use state_core::{ErrorKind, StateError};
 
-/// Maps a fred error: connection loss, cancellation by a reconnect, cluster redirections in
+/// Maps a fred error to a [`StateError`] the way this crate does (public for crates that send
+/// their own commands through [`crate::RedisStateBackend::pool`], such as `state-lock`): connection loss, cancellation by a reconnect, cluster redirections in
 /// flight, `LOADING`/`BUSY`/`TRYAGAIN` and timeouts are retryable; auth, configuration,
 /// protocol and script errors are not.
-pub(crate) fn map_fred(err: FredError) -> StateError {
+pub fn map_fred(err: FredError) -> StateError {
     let details = err.details();
     let (kind, retryable) = match err.kind() {
         FredKind::IO

@@ -9,6 +9,7 @@ mod scripts;
 
 pub use backend::RedisStateBackend;
 pub use config::{DEFAULT_KEY_PREFIX, RedisConfig, RedisConfigBuilder, Topology};
+pub use error::map_fred as map_error;
 pub use pubsub::Subscription;
 
 /// The fred version this crate is built on.
