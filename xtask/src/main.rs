@@ -94,6 +94,8 @@ fn package() -> anyhow::Result<()> {
         "state-tiered",
         "-p",
         "state-lock",
+        "-p",
+        "state-layers",
     ])
 }
 

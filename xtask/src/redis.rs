@@ -1,5 +1,6 @@
-//! Isolated Redis servers for the tests: one standalone server and a Cluster of 3 masters with
-//! one replica each, on free loopback ports, data under `target/services/`.
+//! Isolated Redis servers for the tests: one standalone server, a Cluster of 3 masters with
+//! one replica each, and 3 independent standalone servers used as client-side shards, on free
+//! loopback ports, data under `target/services/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -158,6 +159,56 @@ pub(crate) fn start_cluster() -> anyhow::Result<Started> {
     let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}")).collect();
     Ok(Started {
         env: vec![("STATE_REDIS_CLUSTER_URLS".into(), urls.join(","))],
+        stop: Box::new(move || {
+            for mut child in children {
+                child.stop();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    })
+}
+
+/// Starts three independent standalone servers, the shards `state-layers`' `Sharded` spreads
+/// keys over (client-side sharding, no Redis Cluster); exports `STATE_REDIS_SHARD_URLS`
+/// (comma-separated).
+pub(crate) fn start_shards() -> anyhow::Result<Started> {
+    let (server, cli) = binaries()?;
+    let dir = services_dir("redis-shards")?;
+    let mut ports = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let mut port = free_port(0)?;
+        while ports.contains(&port) {
+            port = free_port(0)?;
+        }
+        children.push(redis_server(
+            &server,
+            &dir.join(port.to_string()),
+            port,
+            false,
+        )?);
+        ports.push(port);
+    }
+    for (port, child) in ports.iter().zip(children.iter_mut()) {
+        wait_until(
+            "redis shard to answer PING",
+            Duration::from_secs(20),
+            || ping(&cli, *port) || child.exited(),
+        )?;
+        if child.exited() {
+            bail!(
+                "redis shard :{port} exited at start; see {}",
+                dir.join(port.to_string()).join("redis.log").display()
+            );
+        }
+    }
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    eprintln!("xtask: redis shards on {}", urls.join(", "));
+    Ok(Started {
+        env: vec![("STATE_REDIS_SHARD_URLS".into(), urls.join(","))],
         stop: Box::new(move || {
             for mut child in children {
                 child.stop();

@@ -1,7 +1,7 @@
 //! The servers tests need, started isolated on free loopback ports under `target/`.
 //!
 //! This is the seam the networked backends plug into: each one adds a [`Service`] (Redis
-//! standalone, Redis Cluster, PostgreSQL primary + replica) to [`all`], and its start
+//! standalone, Redis Cluster, 3 standalone Redis shards, PostgreSQL primary + replica) to [`all`], and its start
 //! function returns the environment variables its tests read (`STATE_REDIS_URL`, ...). A
 //! variable already set in the environment points tests at an external server instead, and
 //! the service is not started. The embedded backends (memory, sled) need no server.
@@ -36,6 +36,11 @@ pub(crate) fn all() -> Vec<Service> {
             name: "redis cluster (3 masters + 3 replicas)",
             env_var: "STATE_REDIS_CLUSTER_URLS",
             start: crate::redis::start_cluster,
+        },
+        Service {
+            name: "redis shards (3 standalone servers)",
+            env_var: "STATE_REDIS_SHARD_URLS",
+            start: crate::redis::start_shards,
         },
         // With STATE_POSTGRES_URL set externally this is skipped; then also set
         // STATE_POSTGRES_REPLICA_URLS (comma-separated streaming replicas of that primary) for

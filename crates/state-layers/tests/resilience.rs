@@ -1,0 +1,298 @@
+//! Retry, Timeout, FaultInjector and Instrumented behaviour beyond the conformance suite.
+
+// Stats details are whole counts stored as f64: exact comparison is correct.
+#![allow(clippy::float_cmp)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use bytes::Bytes;
+use state_core::{ErrorKind, StateBackend};
+use state_layers::{
+    Fault, FaultInjector, Instrumented, Namespaced, Op, Retry, RetryBudget, Timeout,
+};
+use state_memory::MemoryStateBackend;
+
+fn faulty() -> Arc<FaultInjector> {
+    Arc::new(FaultInjector::new(Arc::new(MemoryStateBackend::new(None))))
+}
+
+fn fast_backoff(times: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(1))
+        .with_max_delay(Duration::from_millis(5))
+        .with_max_times(times)
+        .with_jitter()
+}
+
+/// Two transient connection failures are retried away: the caller sees success.
+#[tokio::test]
+async fn retry_recovers_from_transient_failures() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone()).with_backoff(fast_backoff(3));
+    faults.inject_n(None, Fault::Fail(ErrorKind::Connection), 2);
+    retry.put(b"k", b"v").await.unwrap();
+    assert_eq!(faults.calls(Op::Put), 3);
+    faults.inject(Some(Op::BatchGet), Fault::Fail(ErrorKind::Timeout));
+    assert_eq!(
+        retry.batch_get(&[b"k", b"x"]).await.unwrap(),
+        vec![Some(Bytes::from_static(b"v")), None]
+    );
+    assert_eq!(faults.calls(Op::BatchGet), 2);
+    assert_eq!(retry.retries(), 3);
+    let stats = retry.stats().await;
+    assert_eq!(stats.details["retry.retries"], 3.0);
+}
+
+/// Retries stop after the backoff's attempts; the last error comes back.
+#[tokio::test]
+async fn retry_gives_up_after_max_times() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone()).with_backoff(fast_backoff(2));
+    faults.inject_n(None, Fault::Fail(ErrorKind::Connection), 5);
+    let err = retry.get(b"k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection);
+    assert_eq!(faults.calls(Op::Get), 3, "one call and two retries");
+    assert_eq!(retry.stats().await.details["retry.gave_up"], 1.0);
+}
+
+/// Errors a retry cannot fix (invalid input, unsupported) are returned at once.
+#[tokio::test]
+async fn retry_never_retries_non_retryable_errors() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone()).with_backoff(fast_backoff(3));
+    faults.inject(None, Fault::Fail(ErrorKind::PermissionDenied));
+    assert_eq!(
+        retry.get(b"k").await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        retry.put(b"", b"v").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(faults.calls(Op::Get), 1);
+    assert_eq!(faults.calls(Op::Put), 1);
+    assert_eq!(retry.retries(), 0);
+}
+
+/// By default an atomic operation is never sent twice: after a fault that applied the write
+/// but lost the answer, the caller gets the error, not a misleading `false`.
+#[tokio::test]
+async fn retry_never_retries_non_idempotent_ops_by_default() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone()).with_backoff(fast_backoff(3));
+    for op in [Op::SetIfNotExists, Op::CompareAndSwap, Op::GetAndDelete] {
+        faults.inject(Some(op), Fault::Fail(ErrorKind::Connection));
+    }
+    assert_eq!(
+        retry
+            .set_if_not_exists(b"lock", b"me", None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Connection
+    );
+    assert!(
+        retry
+            .compare_and_swap(b"k", None, Some(b"v"))
+            .await
+            .is_err()
+    );
+    assert!(retry.get_and_delete(b"k").await.is_err());
+    assert_eq!(faults.calls(Op::SetIfNotExists), 1);
+    assert_eq!(faults.calls(Op::CompareAndSwap), 1);
+    assert_eq!(faults.calls(Op::GetAndDelete), 1);
+    assert_eq!(retry.retries(), 0);
+    assert_eq!(faults.pending_faults(), 0);
+}
+
+/// Opting in retries atomic operations too, and shows why it is off by default: a
+/// `set_if_not_exists` whose write landed but whose answer was lost is retried, and the
+/// retry answers `false` although this caller's value is the one stored.
+#[tokio::test]
+async fn retry_non_idempotent_opt_in_retries_and_shows_the_ambiguity() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone())
+        .with_backoff(fast_backoff(3))
+        .retry_non_idempotent(true);
+    faults.inject(Some(Op::SetIfNotExists), Fault::Fail(ErrorKind::Timeout));
+    assert!(retry.set_if_not_exists(b"a", b"me", None).await.unwrap());
+    assert_eq!(faults.calls(Op::SetIfNotExists), 2);
+
+    faults.inject(
+        Some(Op::SetIfNotExists),
+        Fault::FailAfterApply(ErrorKind::Timeout),
+    );
+    let won = retry.set_if_not_exists(b"b", b"me", None).await.unwrap();
+    assert!(
+        !won,
+        "the retry is refused by the first attempt's own write"
+    );
+    assert_eq!(
+        retry.get(b"b").await.unwrap(),
+        Some(Bytes::from_static(b"me"))
+    );
+}
+
+/// An empty budget stops retries until successes refill it.
+#[tokio::test]
+async fn retry_budget_limits_retries() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone())
+        .with_backoff(fast_backoff(5))
+        .with_budget(RetryBudget {
+            max_tokens: 2,
+            refill_per_success: 0.5,
+        });
+    faults.inject_n(None, Fault::Fail(ErrorKind::Connection), 10);
+    assert!(retry.get(b"k").await.is_err());
+    assert_eq!(faults.calls(Op::Get), 3, "two tokens, two retries");
+    assert_eq!(retry.stats().await.details["retry.budget_exhausted"], 1.0);
+    faults.clear_faults();
+    for _ in 0..2 {
+        retry.get(b"k").await.unwrap();
+    }
+    faults.inject_n(None, Fault::Fail(ErrorKind::Connection), 10);
+    assert!(retry.get(b"k").await.is_err());
+    assert_eq!(
+        faults.calls(Op::Get),
+        5 + 2,
+        "one refilled token, one retry"
+    );
+}
+
+/// A hung call becomes a retryable Timeout error after the deadline.
+#[tokio::test]
+async fn timeout_turns_a_hang_into_a_retryable_timeout() {
+    let faults = faulty();
+    let timeout = Timeout::new(faults.clone(), Duration::from_millis(50));
+    faults.inject(Some(Op::Get), Fault::Hang);
+    let started = std::time::Instant::now();
+    let err = timeout.get(b"k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.is_retryable());
+    assert_eq!(err.operation(), Some("get"));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    faults.inject(Some(Op::Count), Fault::Hang);
+    assert_eq!(
+        timeout.count().await.unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    assert_eq!(timeout.expired(), 2);
+    // Calls that answer are untouched.
+    timeout.put(b"k", b"v").await.unwrap();
+    assert_eq!(timeout.count().await.unwrap(), 1);
+}
+
+/// A scan whose next entry never comes ends with a Timeout error.
+#[tokio::test]
+async fn timeout_bounds_each_scan_entry() {
+    use futures_util::StreamExt;
+    let faults = faulty();
+    let timeout = Timeout::new(faults.clone(), Duration::from_millis(30));
+    faults.inject(Some(Op::Scan), Fault::Hang);
+    let items: Vec<_> = timeout.scan(b"").collect().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].as_ref().unwrap_err().kind(), ErrorKind::Timeout);
+}
+
+/// Retry over Timeout: each attempt has its own deadline, and a hang is retried away.
+#[tokio::test]
+async fn retry_over_timeout_recovers_from_a_hang() {
+    let faults = faulty();
+    let timeout = Arc::new(Timeout::new(faults.clone(), Duration::from_millis(30)));
+    let retry = Retry::new(timeout).with_backoff(fast_backoff(2));
+    faults.inject(Some(Op::Put), Fault::Hang);
+    retry.put(b"k", b"v").await.unwrap();
+    assert_eq!(faults.calls(Op::Put), 2);
+    assert_eq!(
+        retry.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+}
+
+/// Two namespaces over one shared backend never see each other's keys, and `clear` of one
+/// leaves the other (and un-prefixed keys) alone.
+#[tokio::test]
+async fn namespaced_isolates_tenants_on_one_backend() {
+    let shared: Arc<dyn StateBackend> = Arc::new(MemoryStateBackend::new(None));
+    shared.put(b"outside", b"x").await.unwrap();
+    let a = Namespaced::new(shared.clone(), "a:");
+    let b = Namespaced::new(shared.clone(), "b:");
+    a.put(b"k", b"1").await.unwrap();
+    b.put(b"k", b"2").await.unwrap();
+    assert_eq!(a.get(b"k").await.unwrap(), Some(Bytes::from_static(b"1")));
+    assert_eq!(a.count().await.unwrap(), 1);
+    a.clear().await.unwrap();
+    assert_eq!(b.get(b"k").await.unwrap(), Some(Bytes::from_static(b"2")));
+    assert_eq!(shared.count().await.unwrap(), 2);
+    let max = shared.capabilities().limits.max_key_size;
+    assert_eq!(a.capabilities().limits.max_key_size, max - 2);
+    assert_eq!(
+        a.put(&vec![b'k'; max - 1], b"v").await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+/// Metrics through the facade: one counter per op and outcome, a latency histogram, and an
+/// error counter by kind.
+#[tokio::test]
+async fn instrumented_records_metrics_per_operation() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let faults = faulty();
+    let layer =
+        metrics::with_local_recorder(&recorder, || Instrumented::new(faults.clone(), "unit"));
+    layer.put(b"k", b"v").await.unwrap();
+    layer.get(b"k").await.unwrap();
+    layer.get(b"k").await.unwrap();
+    faults.inject(Some(Op::Get), Fault::Fail(ErrorKind::Timeout));
+    metrics::with_local_recorder(&recorder, || {
+        // Error counters are registered on first error, with the recorder in scope.
+        futures_util::FutureExt::now_or_never(layer.get(b"k"))
+            .expect("memory answers at once")
+            .unwrap_err();
+    });
+    let mut counters = std::collections::BTreeMap::new();
+    let mut histogram_samples = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        match value {
+            DebugValue::Counter(n) if n > 0 => {
+                counters.insert(format!("{} {}", key.key().name(), labels.join(",")), n);
+            }
+            DebugValue::Histogram(samples)
+                if key.key().name() == "state_operation_duration_seconds" =>
+            {
+                histogram_samples += samples.len();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        counters.get("state_operations_total backend=unit,op=get,outcome=ok"),
+        Some(&2),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.get("state_operations_total backend=unit,op=get,outcome=error"),
+        Some(&1)
+    );
+    assert_eq!(
+        counters.get("state_operations_total backend=unit,op=put,outcome=ok"),
+        Some(&1)
+    );
+    assert_eq!(
+        counters.get("state_errors_total backend=unit,op=get,kind=timeout"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(histogram_samples, 4);
+}
