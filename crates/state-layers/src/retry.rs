@@ -107,6 +107,10 @@ impl Bucket {
 /// use a fencing token). `checkpoint` and `restore` are never retried: their writer or reader
 /// has been consumed.
 ///
+/// Idempotent writes keep their *effect* when retried, not always their *answer*: a `delete`
+/// (or `batch_delete`, `delete_prefix`) whose first attempt applied but whose reply was lost
+/// reports `false` (or a smaller count) on the retry, because the key is already gone.
+///
 /// The success path costs one budget load; an in-process inner backend is called without
 /// boxing a future. Put [`crate::Timeout`] inside the retry so each attempt has a deadline.
 ///
