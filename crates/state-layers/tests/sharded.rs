@@ -199,7 +199,10 @@ async fn reshard_under_concurrent_writes_loses_nothing() {
         expected.extend(writer.await.unwrap());
     }
     assert!(!sharded.is_resharding().await);
-    assert!(report.keys_moved > 3000, "{report:?}");
+    // About a quarter of the keys change shard; writers racing the reshard move some of them
+    // themselves (writes go to the new place) or delete them, so the reshard's own count
+    // varies with scheduling (2,516 under a loaded CI run, ~5,000 when idle).
+    assert!(report.keys_moved > 1_000, "{report:?}");
     assert!(report.keys_scanned >= 20_000, "{report:?}");
     let last = seen.last().unwrap();
     assert_eq!((last.shards_done, last.shards_total), (3, 3));
