@@ -34,7 +34,9 @@ type Wrap = fn(Arc<dyn StateBackend>) -> Arc<dyn StateBackend>;
 
 fn layers() -> Vec<(&'static str, Wrap)> {
     vec![
-        ("namespaced", |m| Arc::new(Namespaced::new(m, "tenant:"))),
+        ("namespaced", |m| {
+            Arc::new(Namespaced::new(m, "tenant:").expect("a valid namespace"))
+        }),
         ("instrumented", |m| Arc::new(Instrumented::new(m, "bench"))),
         ("retry", |m| Arc::new(Retry::new(m))),
         ("timeout", |m| {

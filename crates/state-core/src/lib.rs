@@ -7,6 +7,7 @@ pub mod checkpoint;
 mod error;
 mod future;
 mod limits;
+mod namespace;
 mod pool;
 mod redact;
 mod scan;
@@ -19,8 +20,12 @@ pub use capabilities::Capabilities;
 pub use error::{BoxError, ErrorKind, StateError, StateResult};
 pub use future::StateFuture;
 pub use limits::{DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, Limits, prefix_upper_bound};
+pub use namespace::{
+    MAX_NAMESPACE_LEN, NAMESPACE_DELIMITER, RESERVED_NAMESPACE_MARK, validate_namespace,
+    validate_reserved_namespace,
+};
 pub use pool::PoolStats;
-pub use redact::redact_url;
+pub use redact::{MASK, parse_key_values, quote_key_value, redact_url};
 pub use stats::{OpKind, OpTimer, StateStats, StatsRecorder};
 pub use sweeper::Sweeper;
 pub use typed::{StateBackendExt, decode, encode};

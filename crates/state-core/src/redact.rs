@@ -1,10 +1,34 @@
 //! Keeping credentials out of errors, `Debug` output and logs.
+//!
+//! Backends show connection targets rebuilt from their parsed configuration (host, port,
+//! database, user, options). [`redact_url`] is the fallback for text that was never parsed
+//! (or failed to parse): it errs on the side of hiding too much.
 
-/// Returns `url` with any password replaced by `***`.
+use url::Url;
+
+/// What every masked secret is shown as.
+pub const MASK: &str = "***";
+
+/// Query or key/value option names whose values are secrets (compared case-insensitively,
+/// after percent-decoding; any name containing one of these is masked).
+const SECRET_OPTION_NAMES: [&str; 5] = ["password", "passwd", "pass", "secret", "token"];
+
+fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_OPTION_NAMES.iter().any(|s| name.contains(s))
+}
+
+/// Returns `url` with every password replaced by `***`.
 ///
-/// Works on `scheme://user:password@host/...` URLs and on libpq key/value strings
-/// (`host=... password=secret`). Anything unparseable is returned with everything between
-/// `://` and the last `@` masked, so a malformed URL never leaks its secret either.
+/// - `scheme://user:password@host/...?...`: the password (everything from the first `:` to
+///   the **last** `@` of the whole string, so a password holding `/`, `#`, `?`, `@` or `:`
+///   never shows) is masked, and so are the values of query options named like a secret
+///   (`password`, `pass`, `secret`, `token`, ...). Text before `@` without a `:` is a user
+///   name and is shown, unless it contains `/`, `?` or `#` (then it is part of a password
+///   and the whole user-info is masked).
+/// - libpq key/value strings (`host=db password = 'hunter 2'`): values of secret options are
+///   masked, quoted or not, with or without spaces around `=`.
+/// - Anything else that cannot be tokenized is not shown at all.
 ///
 /// ```
 /// use state_core::redact_url;
@@ -14,61 +38,297 @@
 /// );
 /// assert_eq!(redact_url("redis://:hunter2@cache:6379"), "redis://:***@cache:6379");
 /// assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
-/// assert_eq!(redact_url("host=db password=pw user=app"), "host=db password=*** user=app");
+/// assert_eq!(
+///     redact_url("postgres://app@db/x?password=s3cret&sslmode=require"),
+///     "postgres://app@db/x?password=***&sslmode=require"
+/// );
+/// assert_eq!(
+///     redact_url("host=db password = 'hunter 2' user=app"),
+///     "host=db password=*** user=app"
+/// );
 /// ```
 pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        // The authority ends at the first '/', '?' or '#' after the scheme.
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        if let Some(at) = authority.rfind('@') {
-            let userinfo = &authority[..at];
-            let masked = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                // A bare token before '@' is treated as a secret too (e.g. `redis://token@host`).
-                None if userinfo.is_empty() => String::new(),
-                None => userinfo.to_owned(),
-            };
-            return format!(
-                "{}{}@{}",
-                &url[..scheme_end + 3],
-                masked,
-                &rest[at..].trim_start_matches('@')
-            );
-        }
-        return url.to_owned();
+    match url.find("://") {
+        Some(scheme_end) => redact_uri(url, scheme_end),
+        None => match parse_key_values(url) {
+            Some(pairs) => pairs
+                .iter()
+                .map(|(k, v)| {
+                    if is_secret_option(k) {
+                        format!("{k}={MASK}")
+                    } else {
+                        format!("{k}={}", quote_key_value(v))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => "<connection string not shown: it could not be parsed>".to_owned(),
+        },
     }
-    // libpq key/value form.
-    url.split(' ')
-        .map(|part| {
-            if part.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                part.to_owned()
+}
+
+fn redact_uri(url: &str, scheme_end: usize) -> String {
+    let scheme = &url[..scheme_end];
+    let rest = &url[scheme_end + 3..];
+    // The last '@' of the whole string: drivers differ on which '@' ends the user-info
+    // (tokio-postgres takes the first, URL parsers the one inside the authority), so mask up
+    // to the last one: at worst a host is hidden too.
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) if !user.contains(['/', '?', '#']) => {
+                out.push_str(user);
+                out.push(':');
+                out.push_str(MASK);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+            Some(_) => out.push_str(MASK),
+            None if userinfo.contains(['/', '?', '#']) => out.push_str(MASK),
+            None => out.push_str(userinfo),
+        }
+        out.push('@');
+    }
+    // Host, path and options: parsed with a URL parser when possible, so options are
+    // matched after percent-decoding; otherwise split by hand.
+    let dummy = format!("{scheme}://h{}", strip_host(after));
+    match Url::parse(&dummy) {
+        Ok(parsed) if parsed.query().is_some() => {
+            let (head, _) = after.split_once('?').unwrap_or((after, ""));
+            out.push_str(head);
+            out.push('?');
+            // After a secret, a bare word (`password=a&b`: the `b`) may be the rest of it.
+            let mut after_secret = false;
+            let shown: Vec<String> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    if is_secret_option(&k) || (after_secret && v.is_empty()) {
+                        after_secret = true;
+                        format!("{k}={MASK}")
+                    } else {
+                        after_secret = false;
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            out.push_str(&shown.join("&"));
+            // A `#` in the options is more likely part of a secret than a fragment.
+            if parsed.fragment().is_some() {
+                out.push('#');
+                out.push_str(MASK);
+            }
+        }
+        Ok(_) => out.push_str(after),
+        Err(_) => match after.split_once('?') {
+            // Unparseable options: show where, not what.
+            Some((head, _)) => {
+                out.push_str(head);
+                out.push_str("?<options not shown>");
+            }
+            None => out.push_str(after),
+        },
+    }
+    out
+}
+
+/// `after` without its host part (everything up to the first `/`, `?` or `#`).
+fn strip_host(after: &str) -> &str {
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    &after[end..]
+}
+
+/// Splits a libpq key/value connection string (`host=db port = 5432 password='a b\'c'`)
+/// into its pairs, with quotes removed and `\\` / `\'` escapes resolved, as libpq reads it.
+///
+/// Returns `None` when the text is not in that form (a keyword without `=`, an unterminated
+/// quote). Used by the PostgreSQL backend to read and rewrite TLS options, and by
+/// [`redact_url`].
+///
+/// ```
+/// use state_core::parse_key_values;
+/// let pairs = parse_key_values("host=db  password = 'a b\\'c' dbname=x").unwrap();
+/// assert_eq!(pairs[1], ("password".to_owned(), "a b'c".to_owned()));
+/// assert!(parse_key_values("host=db password='open").is_none());
+/// ```
+pub fn parse_key_values(text: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(pairs);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() || c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') || key.is_empty() {
+            return None;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\'' => break,
+                    '\\' => value.push(chars.next()?),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    chars.next();
+                    value.push(chars.next()?);
+                    continue;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// Quotes a value for a libpq key/value string when it needs it (empty, spaces, quotes or
+/// backslashes), so [`parse_key_values`] reads it back unchanged.
+///
+/// ```
+/// use state_core::{parse_key_values, quote_key_value};
+/// let text = format!("password={}", quote_key_value("a b'c\\"));
+/// assert_eq!(parse_key_values(&text).unwrap()[0].1, "a b'c\\");
+/// ```
+pub fn quote_key_value(value: &str) -> String {
+    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
 
-    #[test]
-    fn password_with_at_sign_is_masked() {
-        assert_eq!(
-            redact_url("postgres://u:p@ss@h/db"),
-            "postgres://u:***@h/db"
+    /// Passwords with every character the issue named, in every form.
+    const PASSWORDS: [&str; 9] = [
+        "s3cret",
+        "hunt/er2",
+        "p#hunter2",
+        "a@b",
+        "x:y",
+        "50%off",
+        "it's",
+        "say \"hi\"",
+        "pässwörd",
+    ];
+
+    fn assert_hidden(shown: &str, password: &str) {
+        assert!(
+            !shown.contains(password),
+            "{password:?} leaked in {shown:?}"
         );
+        // Also no recognisable piece of a password longer than 3 characters.
+        for piece in password.split(['/', '#', '@', ':', '%', '\'', '"', ' ']) {
+            if piece.len() > 3 {
+                assert!(
+                    !shown.contains(piece),
+                    "{piece:?} of {password:?} leaked in {shown:?}"
+                );
+            }
+        }
     }
 
     #[test]
-    fn query_after_host_is_kept() {
+    fn passwords_never_show_in_any_form() {
+        for password in PASSWORDS {
+            let raw = [
+                format!("postgres://app:{password}@db:5432/state"),
+                format!("redis://:{password}@cache:6379"),
+                format!("redis://default:{password}@cache:6379/0"),
+                format!("rediss-cluster://u:{password}@h1:7000?node=h2:7001"),
+                format!("postgres://app@db/x?password={password}"),
+                format!("postgres://app@db/x?sslmode=require&password={password}&x=1"),
+            ];
+            for text in raw {
+                assert_hidden(&redact_url(&text), password);
+            }
+            let kv = [
+                format!("host=db password={} user=app", quote_key_value(password)),
+                format!("host=db password = {} user=app", quote_key_value(password)),
+                format!("password={}", quote_key_value(password)),
+            ];
+            for text in kv {
+                assert_hidden(&redact_url(&text), password);
+            }
+        }
+    }
+
+    #[test]
+    fn percent_encoded_passwords_are_masked() {
+        let shown = redact_url("postgres://app@db/x?pass%77ord=s3cret");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let shown = redact_url("postgres://app:hunt%2Fer2@db/x");
+        assert!(!shown.contains("hunt"), "{shown}");
+    }
+
+    #[test]
+    fn what_is_not_secret_still_shows() {
         assert_eq!(
             redact_url("rediss://u:pw@h:6380/0?timeout=1"),
             "rediss://u:***@h:6380/0?timeout=1"
         );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("redis://user@h:1"), "redis://user@h:1");
+        assert_eq!(
+            redact_url("host=db port=5432 dbname='my db'"),
+            "host=db port=5432 dbname='my db'"
+        );
+    }
+
+    #[test]
+    fn unparseable_text_is_not_shown() {
+        let shown = redact_url("host=db password='hunter 2");
+        assert!(!shown.contains("hunter"), "{shown}");
+        let shown = redact_url("garbage hunter2");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn key_values_round_trip_through_quoting() {
+        for value in ["", "plain", "a b", "it's", "back\\slash", "pässwörd"] {
+            let text = format!("k={} other=1", quote_key_value(value));
+            let pairs = parse_key_values(&text).unwrap();
+            assert_eq!(pairs[0].1, value, "{text}");
+            assert_eq!(pairs[1], ("other".to_owned(), "1".to_owned()));
+        }
     }
 }

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::SharedString;
-use state_core::StateBackend;
+use state_core::{StateBackend, StateResult};
 
 use crate::{Instrumented, Namespaced, Retry, Timeout};
 
@@ -24,8 +23,9 @@ use crate::{Instrumented, Namespaced, Retry, Timeout};
 ///     .with_timeout(Duration::from_millis(250))
 ///     .with_retry()
 ///     .instrumented("sessions")
-///     .namespaced("sessions:");
+///     .namespaced("sessions:")?;
 /// assert_eq!(backend.capabilities().limits.max_key_size, 2048 - 9);
+/// # Ok::<(), state_core::StateError>(())
 /// ```
 pub trait LayerExt {
     /// Wraps in a [`Timeout`] with `deadline` on every operation but checkpoints.
@@ -34,8 +34,9 @@ pub trait LayerExt {
     fn with_retry(self) -> Arc<dyn StateBackend>;
     /// Wraps in an [`Instrumented`] labelled `name`.
     fn instrumented(self, name: impl Into<SharedString>) -> Arc<dyn StateBackend>;
-    /// Wraps in a [`Namespaced`] under `prefix`.
-    fn namespaced(self, prefix: impl Into<Bytes>) -> Arc<dyn StateBackend>;
+    /// Wraps in a [`Namespaced`] under `prefix`; fails on a prefix that is not one
+    /// namespace segment (see [`Namespaced::new`]).
+    fn namespaced(self, prefix: &str) -> StateResult<Arc<dyn StateBackend>>;
 }
 
 impl LayerExt for Arc<dyn StateBackend> {
@@ -51,7 +52,7 @@ impl LayerExt for Arc<dyn StateBackend> {
         Arc::new(Instrumented::new(self, name))
     }
 
-    fn namespaced(self, prefix: impl Into<Bytes>) -> Arc<dyn StateBackend> {
-        Arc::new(Namespaced::new(self, prefix))
+    fn namespaced(self, prefix: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Ok(Arc::new(Namespaced::new(self, prefix)?))
     }
 }

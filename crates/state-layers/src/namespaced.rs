@@ -22,8 +22,9 @@ use crate::util::{join, owned_stream};
 /// prefix length, so a key accepted here is never refused by the inner backend. `stats`,
 /// `memory_usage` and `health_check` describe the whole inner backend.
 ///
-/// Choose prefixes that are not prefixes of one another (`"a:"` and `"a:b:"` overlap);
-/// ending each with a separator such as `:` avoids that.
+/// A prefix is one namespace segment ended by `:` (`users` becomes `users:`), checked by
+/// [`state_core::validate_namespace`]: no prefix can then contain another (`a:` would
+/// otherwise see `a:b:`'s keys). Nest namespaces by wrapping one `Namespaced` in another.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::util::{join, owned_stream};
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let shared = Arc::new(MemoryStateBackend::new(None));
-/// let users = Namespaced::new(shared.clone(), "users:");
+/// let users = Namespaced::new(shared.clone(), "users:").unwrap();
 /// users.put(b"42", b"alice").await.unwrap();
 /// assert_eq!(shared.list_keys(b"").await.unwrap(), vec![bytes::Bytes::from_static(b"users:42")]);
 /// assert_eq!(users.list_keys(b"").await.unwrap(), vec![bytes::Bytes::from_static(b"42")]);
@@ -48,15 +49,19 @@ pub struct Namespaced {
 
 impl Namespaced {
     /// Wraps `inner` under `prefix`.
-    pub fn new(inner: Arc<dyn StateBackend>, prefix: impl Into<Bytes>) -> Self {
-        let prefix = prefix.into();
+    ///
+    /// # Errors
+    /// `InvalidInput` when `prefix` is not one segment of `A-Z a-z 0-9 _ - .` optionally
+    /// ended by `:`.
+    pub fn new(inner: Arc<dyn StateBackend>, prefix: &str) -> StateResult<Self> {
+        let prefix = Bytes::from(state_core::validate_namespace(prefix)?);
         let mut limits = inner.capabilities().limits;
         limits.max_key_size = limits.max_key_size.saturating_sub(prefix.len());
-        Self {
+        Ok(Self {
             inner,
             prefix,
             limits,
-        }
+        })
     }
 
     /// The prefix.

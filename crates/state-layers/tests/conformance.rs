@@ -29,12 +29,12 @@ fn full_stack(inner: Arc<dyn StateBackend>, ns: &str) -> Arc<dyn StateBackend> {
     let timed = Arc::new(Timeout::new(inner, Duration::from_secs(10)));
     let retried = Arc::new(Retry::new(timed));
     let observed = Arc::new(Instrumented::new(retried, "stack"));
-    Arc::new(Namespaced::new(observed, format!("{ns}/")))
+    Arc::new(Namespaced::new(observed, ns).expect("a valid namespace"))
 }
 
 /// A fresh memory backend under a prefix.
 fn namespaced(inner: Arc<dyn StateBackend>, ns: &str) -> Arc<dyn StateBackend> {
-    Arc::new(Namespaced::new(inner, format!("{ns}:")))
+    Arc::new(Namespaced::new(inner, ns).expect("a valid namespace"))
 }
 
 /// Every namespace is a prefix on ONE Redis connection with an empty key prefix: isolation
@@ -45,7 +45,7 @@ struct NamespacedOnSharedRedis;
 impl BackendFactory for NamespacedOnSharedRedis {
     async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
         let shared = redis_at(&env("STATE_REDIS_URL"), "layers-ns:".into()).await?;
-        Ok(Arc::new(Namespaced::new(shared, format!("{namespace}:"))))
+        Ok(Arc::new(Namespaced::new(shared, namespace)?))
     }
 }
 

@@ -219,8 +219,8 @@ async fn retry_over_timeout_recovers_from_a_hang() {
 async fn namespaced_isolates_tenants_on_one_backend() {
     let shared: Arc<dyn StateBackend> = Arc::new(MemoryStateBackend::new(None));
     shared.put(b"outside", b"x").await.unwrap();
-    let a = Namespaced::new(shared.clone(), "a:");
-    let b = Namespaced::new(shared.clone(), "b:");
+    let a = Namespaced::new(shared.clone(), "a:").unwrap();
+    let b = Namespaced::new(shared.clone(), "b:").unwrap();
     a.put(b"k", b"1").await.unwrap();
     b.put(b"k", b"2").await.unwrap();
     assert_eq!(a.get(b"k").await.unwrap(), Some(Bytes::from_static(b"1")));

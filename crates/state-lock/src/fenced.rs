@@ -13,7 +13,7 @@ use crate::error::{map_fred, map_pg, map_pool};
 use crate::lock::Fence;
 
 /// Prefix of the Redis hashes that remember the highest token per data key.
-pub const REDIS_FENCE_PREFIX: &str = "state-lock:fences:";
+pub const REDIS_FENCE_PREFIX: &str = "@state-lock:fences:";
 
 /// The PostgreSQL table that remembers the highest token per lock name (created in the
 /// backend table's schema on first use).
@@ -27,7 +27,7 @@ pub const FENCE_TABLE: &str = "state_lock_fences";
 /// seen is accepted, so one holder can write many times.
 ///
 /// - **Redis**: one Lua call. The highest token is kept per data key, in a hash
-///   `state-lock:fences:{<slot tag>}` whose hash tag is the data key's own (or the data key,
+///   `@state-lock:fences:{<slot tag>}` whose hash tag is the data key's own (or the data key,
 ///   when it has none), so the check and the write run on one Cluster slot. It lives outside
 ///   the backend's key prefix (never listed, counted or cleared by the backend). Every key
 ///   written with `put_fenced` must be written under one lock only: tokens of different locks

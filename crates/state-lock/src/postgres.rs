@@ -6,11 +6,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{ClientWrapper, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use state_core::{StateError, StateResult, redact_url};
-use state_postgres::PostgresStateBackend;
-use tokio_postgres::NoTls;
-use tokio_postgres::config::SslMode;
+use deadpool_postgres::{ClientWrapper, Object, Pool};
+use state_core::{StateError, StateResult};
+use state_postgres::{PostgresConfig, PostgresStateBackend};
 
 use crate::error::{map_pg, map_pool};
 use crate::lock::{
@@ -79,44 +77,19 @@ struct Target {
 }
 
 impl Target {
-    /// A small pool of its own for `url` (plain TCP; TLS pools come from a backend).
+    /// A small pool of its own for `url`, with the TLS the URL asks for (`sslmode`,
+    /// `sslrootcert`, as the PostgreSQL backend reads them).
     fn connect(url: &str, options: &LockOptions) -> StateResult<Self> {
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            StateError::config(format!(
-                "`{}` is not a PostgreSQL URL: {e}",
-                redact_url(url)
-            ))
-        })?;
-        if pg.get_ssl_mode() == SslMode::Require {
-            return Err(StateError::config(
-                "PostgresLock::new connects without TLS; for sslmode=require build a \
-                 PostgresStateBackend with TLS and use from_backend",
-            ));
-        }
-        pg.connect_timeout(options.timeout());
-        pg.keepalives(true);
-        pg.keepalives_idle(Duration::from_secs(10));
-        if pg.get_application_name().is_none() {
-            pg.application_name("state-lock");
-        }
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(4)
-            .wait_timeout(Some(options.timeout()))
-            .create_timeout(Some(options.timeout()))
-            .recycle_timeout(Some(options.timeout()))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StateError::config(format!("postgres pool: {e}")))?;
+        let config = PostgresConfig::builder()
+            .url(url)
+            .pool_size(4)
+            .connect_timeout(options.timeout())
+            .command_timeout(options.timeout())
+            .sweep_interval(None)
+            .build()?;
         Ok(Self {
-            pool,
-            server: redact_url(url),
+            pool: config.primary_pool()?,
+            server: config.redacted_url(),
         })
     }
 

@@ -17,8 +17,10 @@ use crate::lock::{
 };
 use crate::seed::{Held, seed_api};
 
-/// Default prefix of the lock keys: `state-lock:{<name>}:owner` and `state-lock:{<name>}:fence`.
-pub const DEFAULT_LOCK_PREFIX: &str = "state-lock:";
+/// Default prefix of the lock keys: `@state-lock:{<name>}:owner` and
+/// `@state-lock:{<name>}:fence`. Lock namespaces start with `@`, which no data backend's key
+/// prefix may contain, so no data backend's `clear` or `delete_prefix` can reach them.
+pub const DEFAULT_LOCK_PREFIX: &str = "@state-lock:";
 
 /// `KEYS[1]` owner key, `KEYS[2]` fence counter; `ARGV[1]` owner token, `ARGV[2]` TTL in ms.
 /// Takes the lease and the next fencing token in one step, or returns nil.
@@ -164,7 +166,9 @@ impl RedisLock {
         Self::with_pool(backend.pool().clone(), name, DEFAULT_LOCK_PREFIX, server)
     }
 
-    /// The lock `name` on a fred pool the caller built, with its keys under `prefix`. The
+    /// The lock `name` on a fred pool the caller built, with its keys under `prefix` (a
+    /// reserved namespace: `@`, one segment, `:`; `locks` becomes `@locks:`, see
+    /// [`state_core::validate_reserved_namespace`]). The
     /// pool should have a `default_command_timeout` and a reconnect policy (fred otherwise
     /// waits forever for a dead server); operations are also bounded by
     /// [`LockOptions::op_timeout`].
@@ -175,6 +179,7 @@ impl RedisLock {
         server: impl Into<String>,
     ) -> StateResult<Self> {
         check_name(name)?;
+        let prefix = state_core::validate_reserved_namespace(prefix)?;
         let owner_key = format!("{prefix}{{{name}}}:owner");
         let fence_key = format!("{prefix}{{{name}}}:fence");
         if fred::util::redis_keyslot(owner_key.as_bytes())

@@ -20,6 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
+use crate::conninfo::ConnTarget;
 use crate::error::{map_pg, map_pool};
 use crate::schema::{self, Sql};
 use crate::tls::Connector;
@@ -89,12 +90,13 @@ impl fmt::Debug for PostgresStateBackend {
     }
 }
 
-fn build_pool(
+/// One target's connection settings with the configuration's connect timeout, keepalives,
+/// application name and statement timeout: the same for pooled and LISTEN connections.
+pub(crate) fn connection_config(
     config: &PostgresConfig,
-    pg: &tokio_postgres::Config,
-    connector: &Connector,
-) -> StateResult<Pool> {
-    let mut pg = pg.clone();
+    target: &ConnTarget,
+) -> tokio_postgres::Config {
+    let mut pg = target.pg.clone();
     pg.connect_timeout(config.connect_timeout);
     pg.keepalives(true);
     pg.keepalives_idle(Duration::from_secs(30));
@@ -106,7 +108,16 @@ fn build_pool(
         let _ = write!(options, " -c statement_timeout={}", timeout.as_millis());
         pg.options(options.trim());
     }
-    let pg = connector.configure(pg);
+    pg
+}
+
+/// A pool to one target with the configuration's timeouts, keepalives and TLS.
+pub(crate) fn build_pool(
+    config: &PostgresConfig,
+    target: &ConnTarget,
+    connector: &Connector,
+) -> StateResult<Pool> {
+    let pg = connection_config(config, target);
     // `Fast` recycling: a closed connection is dropped at checkout, an open one is reused
     // without a round trip (`Verified` would add a `SELECT 1` to every operation).
     let manager_config = ManagerConfig {
@@ -150,12 +161,13 @@ impl PostgresStateBackend {
     /// Connects with a full [`PostgresConfig`], runs pending migrations, and starts the
     /// expiry sweeper.
     pub async fn with_config(config: PostgresConfig) -> StateResult<Self> {
-        let connector = Connector::new(&config.tls, &config.url)?;
-        let primary = build_pool(&config, &config.pg, &connector)?;
+        // TLS is decided per target, from that target's own parsed request.
+        let connector = Connector::new(&config.primary.tls)?;
+        let primary = build_pool(&config, &config.primary, &connector)?;
         let replicas = config
             .replicas
             .iter()
-            .map(|(_, pg)| build_pool(&config, pg, &connector))
+            .map(|target| build_pool(&config, target, &Connector::new(&target.tls)?))
             .collect::<StateResult<Vec<_>>>()?;
         let sql = Sql::new(&config.table);
         let backend = Self {

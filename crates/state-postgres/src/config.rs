@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use state_core::{Limits, StateError, StateResult, redact_url};
+use state_core::{Limits, StateError, StateResult};
+
+use crate::conninfo::{ConnTarget, RootCerts, SslModeRequest};
 
 /// Where reads go when read replicas are configured.
 ///
@@ -28,21 +29,75 @@ pub enum ReadConsistency {
     ReadYourWrites,
 }
 
-/// How connections are encrypted.
+/// How connections are encrypted, on top of what each connection string asks.
+///
+/// TLS is decided per connection (primary, each replica, each LISTEN connection) from that
+/// connection's own parsed `sslmode` and `sslrootcert`, with libpq's meanings:
+///
+/// | sslmode | TLS | certificate check |
+/// |---|---|---|
+/// | `disable` | never | - |
+/// | `allow`, `prefer` (the default when absent, as libpq) | when the server offers it | none |
+/// | `require` | always | none, or the chain against `sslrootcert` when given |
+/// | `verify-ca` | always | the chain, against `sslrootcert` or the system store |
+/// | `verify-full` | always | the chain and the host name |
+///
+/// A mode set here can only make a connection stricter: no setting ever turns off TLS that
+/// a connection string asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TlsMode {
-    /// Follow the URL's `sslmode` (`disable` when absent; `prefer` and `require` use TLS
-    /// with the system's root certificates).
+    /// Each connection string's own `sslmode` (the default).
     #[default]
     FromUrl,
-    /// Never use TLS.
+    /// No TLS. A connection string that asks for TLS (`require`, `verify-ca`,
+    /// `verify-full`) makes [`PostgresConfigBuilder::build`] fail rather than be downgraded.
     Disable,
-    /// Always use TLS, verifying the server against the system's root certificates.
+    /// `verify-full` on every connection: TLS always, chain and host name verified against
+    /// the connection's `sslrootcert`, or the system's root certificates.
     Require,
-    /// Always use TLS, verifying the server against the CA certificates in this PEM file.
+    /// `verify-full` on every connection against the CA certificates in this PEM file.
     RequireWithCa(PathBuf),
 }
+
+impl TlsMode {
+    /// Combines this mode with one connection string's request; never weaker than either.
+    fn apply(&self, target: &mut ConnTarget) -> StateResult<()> {
+        let tls = &mut target.tls;
+        match self {
+            TlsMode::FromUrl => {}
+            TlsMode::Disable if tls.mode.requires_tls() => {
+                return Err(StateError::config(format!(
+                    "a connection string asks for sslmode={} but the configuration sets \
+                     TlsMode::Disable; TLS is never turned off silently: remove one of them",
+                    tls.mode.as_str()
+                )));
+            }
+            TlsMode::Disable => tls.mode = SslModeRequest::Disable,
+            TlsMode::Require => tls.mode = SslModeRequest::VerifyFull,
+            TlsMode::RequireWithCa(path) => {
+                tls.mode = SslModeRequest::VerifyFull;
+                tls.roots = Some(RootCerts::File(path.clone()));
+            }
+        }
+        target.pg.ssl_mode(match tls.mode {
+            SslModeRequest::Disable => tokio_postgres::config::SslMode::Disable,
+            SslModeRequest::Allow | SslModeRequest::Prefer => {
+                tokio_postgres::config::SslMode::Prefer
+            }
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(())
+    }
+}
+
+/// Table names the companion crates use for their own state (state-lock's leases, tokens
+/// and fences; the migrations' record): a data table of that name could `clear` them.
+pub const RESERVED_TABLE_NAMES: [&str; 3] = [
+    "state_locks",
+    "state_lock_fences",
+    "state_schema_migrations",
+];
 
 /// A validated table name, optionally schema-qualified, quoted wherever it reaches SQL.
 ///
@@ -76,6 +131,15 @@ impl TableName {
         if !valid_identifier(table) || schema.is_some_and(|s| !valid_identifier(s)) {
             return Err(StateError::invalid_input(format!(
                 "invalid table name {name:?}: use [A-Za-z_][A-Za-z0-9_]* (at most {MAX_TABLE_NAME_LEN} bytes), optionally as schema.table"
+            )));
+        }
+        // PostgreSQL folds nothing here (names are always quoted), but a reserved name in
+        // any case would still confuse an operator reading the catalog.
+        let lower = table.to_ascii_lowercase();
+        if RESERVED_TABLE_NAMES.contains(&lower.as_str()) || lower.starts_with("state_locks_") {
+            return Err(StateError::invalid_input(format!(
+                "table name {name:?} is reserved for state-lock and the migrations' record; \
+                 pick another name"
             )));
         }
         Ok(Self {
@@ -155,9 +219,8 @@ impl fmt::Debug for TableName {
 /// ```
 #[derive(Clone)]
 pub struct PostgresConfig {
-    pub(crate) url: String,
-    pub(crate) pg: tokio_postgres::Config,
-    pub(crate) replicas: Vec<(String, tokio_postgres::Config)>,
+    pub(crate) primary: ConnTarget,
+    pub(crate) replicas: Vec<ConnTarget>,
     pub(crate) table: TableName,
     pub(crate) pool_size: usize,
     pub(crate) connect_timeout: Duration,
@@ -174,13 +237,13 @@ pub struct PostgresConfig {
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.primary.describe())
             .field(
                 "replicas",
                 &self
                     .replicas
                     .iter()
-                    .map(|(u, _)| redact_url(u))
+                    .map(ConnTarget::describe)
                     .collect::<Vec<_>>(),
             )
             .field("table", &self.table)
@@ -209,9 +272,23 @@ impl PostgresConfig {
         &self.table
     }
 
-    /// The primary's URL with any password replaced by `***`.
+    /// The primary as `postgres://user@host:port/db?sslmode=...`, rebuilt from the parsed
+    /// configuration: never the password, never the text as typed.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        self.primary.describe()
+    }
+
+    /// The replicas, shown as [`PostgresConfig::redacted_url`] shows the primary.
+    pub fn redacted_replica_urls(&self) -> Vec<String> {
+        self.replicas.iter().map(ConnTarget::describe).collect()
+    }
+
+    /// A pool of [`PostgresConfigBuilder::pool_size`] connections to the primary, with this
+    /// configuration's TLS, timeouts and keepalives, and no migrations: for companion crates
+    /// (state-lock) that keep tables of their own.
+    pub fn primary_pool(&self) -> StateResult<deadpool_postgres::Pool> {
+        let connector = crate::tls::Connector::new(&self.primary.tls)?;
+        crate::backend::build_pool(self, &self.primary, &connector)
     }
 
     /// The read routing.
@@ -257,8 +334,22 @@ pub struct PostgresConfigBuilder {
 
 impl fmt::Debug for PostgresConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |url: &str| {
+            ConnTarget::parse(url).map_or_else(
+                |_| "<unparseable connection string, not shown>".to_owned(),
+                |t| t.describe(),
+            )
+        };
         f.debug_struct("PostgresConfigBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("url", &shown(&self.url))
+            .field(
+                "replica_urls",
+                &self
+                    .replica_urls
+                    .iter()
+                    .map(|u| shown(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
@@ -379,16 +470,20 @@ impl PostgresConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> StateResult<PostgresConfig> {
-        let parse = |url: &str| {
-            tokio_postgres::Config::from_str(url).map_err(|err| {
-                StateError::config(format!("invalid PostgreSQL URL {}: {err}", redact_url(url)))
-            })
+        let parse = |url: &str, what: &str| {
+            let mut target = ConnTarget::parse(url)
+                .map_err(|e| StateError::config(format!("{what}: {}", e.message())))?;
+            self.tls
+                .apply(&mut target)
+                .map_err(|e| StateError::config(format!("{what}: {}", e.message())))?;
+            Ok::<_, StateError>(target)
         };
-        let pg = parse(&self.url)?;
+        let primary = parse(&self.url, "primary")?;
         let replicas = self
             .replica_urls
             .iter()
-            .map(|u| Ok((u.clone(), parse(u)?)))
+            .enumerate()
+            .map(|(i, u)| parse(u, &format!("replica {}", i + 1)))
             .collect::<StateResult<Vec<_>>>()?;
         let table = TableName::parse(&self.table)?;
         if self.pool_size == 0 {
@@ -425,8 +520,7 @@ impl PostgresConfigBuilder {
             ));
         }
         Ok(PostgresConfig {
-            url: self.url,
-            pg,
+            primary,
             replicas,
             table,
             pool_size: self.pool_size,

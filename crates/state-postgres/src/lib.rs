@@ -3,6 +3,7 @@
 
 mod backend;
 mod config;
+mod conninfo;
 mod error;
 mod ops;
 mod pubsub;
@@ -12,7 +13,8 @@ mod transaction;
 
 pub use backend::PostgresStateBackend;
 pub use config::{
-    MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, ReadConsistency, TableName, TlsMode,
+    MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, RESERVED_TABLE_NAMES,
+    ReadConsistency, TableName, TlsMode,
 };
 pub use error::{map_pg as map_error, map_pool as map_pool_error};
 pub use ops::{ReplicationStatus, TableStats};

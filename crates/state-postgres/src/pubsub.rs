@@ -124,10 +124,8 @@ async fn listen_loop(
         let inner = backend.inner();
         let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
         let connected = async {
-            let (client, driver) = inner
-                .connector
-                .connect_with_messages(&inner.config.pg, msg_tx)
-                .await?;
+            let pg = crate::backend::connection_config(&inner.config, &inner.config.primary);
+            let (client, driver) = inner.connector.connect_with_messages(&pg, msg_tx).await?;
             client.batch_execute(&listen).await.map_err(map_pg)?;
             Ok::<_, StateError>((client, driver))
         };

@@ -17,7 +17,7 @@ use state_core::{
     StateFuture, StateResult, StateStats, StatsRecorder,
 };
 
-use crate::config::{RedisConfig, Topology};
+use crate::config::RedisConfig;
 use crate::error::map_fred;
 use crate::scripts;
 
@@ -94,28 +94,9 @@ impl RedisStateBackend {
     /// Fails with a `Connection` error when no server answers within `connect_timeout`
     /// (retried `max_retries` times), `PermissionDenied` on bad credentials.
     pub async fn new(config: RedisConfig) -> StateResult<Self> {
-        let mut fred_config = match &config.topology {
-            Topology::Standalone(url) => Config::from_url(url),
-            Topology::Cluster(nodes) => {
-                let mut hosts = Vec::new();
-                for node in nodes {
-                    let parsed = Config::from_url(node).map_err(map_fred)?;
-                    if let ServerConfig::Centralized { server } = parsed.server {
-                        hosts.push((server.host.to_string(), server.port));
-                    }
-                }
-                let mut c = Config::from_url(&nodes[0]).map_err(map_fred)?;
-                c.server = ServerConfig::new_clustered(hosts);
-                Ok(c)
-            }
-        }
-        .map_err(|err| map_fred(err).with_operation("connect"))?;
-        if let Some(user) = &config.username {
-            fred_config.username = Some(user.clone());
-        }
-        if let Some(password) = &config.password {
-            fred_config.password = Some(password.clone());
-        }
+        // Parsed once by the builder (fred's own URL reading: cluster flag, TLS, database).
+        let fred_config = config.fred.clone();
+        let cluster = matches!(fred_config.server, ServerConfig::Clustered { .. });
         let connect_timeout = config.connect_timeout;
         let command_timeout = config.command_timeout;
         let retries = config.max_retries;
@@ -151,7 +132,6 @@ impl RedisStateBackend {
                     .with_operation("connect"));
             }
         }
-        let cluster = matches!(config.topology, Topology::Cluster(_));
         let prefix = Bytes::copy_from_slice(config.key_prefix.as_bytes());
         Ok(Self {
             inner: Arc::new(Inner {

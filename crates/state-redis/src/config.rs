@@ -1,33 +1,80 @@
 //! [`RedisConfig`] and its builder.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use state_core::{Limits, StateError, StateResult, redact_url};
+use fred::types::config::{Config as FredConfig, Server, ServerConfig, TlsConnector};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use state_core::{Limits, StateError, StateResult, validate_namespace};
 
 /// Default key prefix: every key this backend writes starts with it.
 pub const DEFAULT_KEY_PREFIX: &str = "state:";
 
-/// How the backend reaches Redis.
-#[derive(Clone, PartialEq, Eq)]
+/// How the backend reaches Redis, as parsed from the URL(s): servers as `host:port`, never
+/// with credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Topology {
     /// One server (`redis://` or `rediss://` URL).
     Standalone(String),
-    /// A Redis Cluster, reached through any of these nodes (`redis://host:port` each).
+    /// A Redis Cluster (`redis-cluster://` / `rediss-cluster://` URLs, or
+    /// [`RedisConfigBuilder::cluster_nodes`]), discovered from these nodes.
     Cluster(Vec<String>),
 }
 
-impl fmt::Debug for Topology {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Topology::Standalone(url) => {
-                f.debug_tuple("Standalone").field(&redact_url(url)).finish()
-            }
-            Topology::Cluster(nodes) => f
-                .debug_tuple("Cluster")
-                .field(&nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
-                .finish(),
+fn host_port(server: &Server) -> String {
+    if server.host.contains(':') {
+        format!("[{}]:{}", server.host, server.port)
+    } else {
+        format!("{}:{}", server.host, server.port)
+    }
+}
+
+/// Parses one URL with fred (so the cluster flag and TLS come from fred's own reading):
+/// the config, its servers, and whether it names a Cluster. Errors never quote the URL.
+fn parse_url(url: &str) -> StateResult<(FredConfig, Vec<Server>, bool)> {
+    const SCHEMES: [&str; 8] = [
+        "redis",
+        "rediss",
+        "redis-cluster",
+        "rediss-cluster",
+        "valkey",
+        "valkeys",
+        "valkey-cluster",
+        "valkeys-cluster",
+    ];
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !scheme.is_some_and(|s| SCHEMES.contains(&s.as_str())) {
+        return Err(StateError::config(
+            "not a Redis URL: expected redis://, rediss://, redis-cluster:// or \
+             rediss-cluster:// (the URL is not shown because it may hold a password)",
+        ));
+    }
+    let config = FredConfig::from_url(url).map_err(|e| {
+        StateError::config(format!(
+            "invalid Redis URL ({}); expected redis://, rediss://, redis-cluster:// or \
+             rediss-cluster:// followed by [user[:password]@]host[:port][/db] (the URL is not \
+             shown because it may hold a password)",
+            // fred's URL errors name the part (port, scheme), not its text.
+            e.details()
+        ))
+    })?;
+    match &config.server {
+        ServerConfig::Centralized { server } => {
+            let servers = vec![server.clone()];
+            Ok((config, servers, false))
         }
+        ServerConfig::Clustered { hosts, .. } => {
+            let servers = hosts.clone();
+            Ok((config, servers, true))
+        }
+        ServerConfig::Sentinel { .. } => Err(StateError::config(
+            "Redis Sentinel and Unix socket URLs are not supported by state-redis yet; use \
+             redis://, rediss://, redis-cluster:// or rediss-cluster://",
+        )),
     }
 }
 
@@ -52,6 +99,8 @@ impl fmt::Debug for Topology {
 /// ```
 #[derive(Clone)]
 pub struct RedisConfig {
+    /// fred's parsed configuration: servers, credentials, database, TLS.
+    pub(crate) fred: FredConfig,
     pub(crate) topology: Topology,
     pub(crate) key_prefix: String,
     pub(crate) default_ttl: Option<Duration>,
@@ -61,15 +110,13 @@ pub struct RedisConfig {
     pub(crate) pipeline_batch_size: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
-    pub(crate) username: Option<String>,
-    pub(crate) password: Option<String>,
     pub(crate) limits: Limits,
 }
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("topology", &self.topology)
+            .field("url", &self.redacted_url())
             .field("key_prefix", &self.key_prefix)
             .field("default_ttl", &self.default_ttl)
             .field("pool_size", &(self.pool_min, self.pool_max))
@@ -77,10 +124,9 @@ impl fmt::Debug for RedisConfig {
             .field("pipeline_batch_size", &self.pipeline_batch_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("limits", &self.limits)
-            .finish()
+            // `fred` (servers, credentials, TLS) is shown through `url` above.
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,9 +143,40 @@ impl RedisConfig {
         &self.key_prefix
     }
 
-    /// Standalone server or Cluster.
+    /// Standalone server or Cluster, with the servers as `host:port`.
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Whether connections use TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.fred.tls.is_some()
+    }
+
+    /// Where this backend connects, rebuilt from the parsed configuration:
+    /// `rediss-cluster://user@host:port,host:port` or `redis://host:port/db`. Never a
+    /// password, never the URL as typed.
+    pub fn redacted_url(&self) -> String {
+        let scheme = match (self.tls(), &self.topology) {
+            (false, Topology::Standalone(_)) => "redis",
+            (true, Topology::Standalone(_)) => "rediss",
+            (false, Topology::Cluster(_)) => "redis-cluster",
+            (true, Topology::Cluster(_)) => "rediss-cluster",
+        };
+        let user = match (&self.fred.username, &self.fred.password) {
+            (Some(user), Some(_)) => format!("{user}:***@"),
+            (Some(user), None) => format!("{user}@"),
+            (None, Some(_)) => ":***@".to_owned(),
+            (None, None) => String::new(),
+        };
+        let hosts = match &self.topology {
+            Topology::Standalone(server) => server.clone(),
+            Topology::Cluster(nodes) => nodes.join(","),
+        };
+        match self.fred.database {
+            Some(db) if db != 0 => format!("{scheme}://{user}{hosts}/{db}"),
+            _ => format!("{scheme}://{user}{hosts}"),
+        }
     }
 
     /// The default TTL, if any.
@@ -124,22 +201,31 @@ pub struct RedisConfigBuilder {
     command_timeout: Duration,
     username: Option<String>,
     password: Option<String>,
+    tls_ca_file: Option<PathBuf>,
     limits: Limits,
 }
 
 impl fmt::Debug for RedisConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Shown as parsed; URLs that do not parse are not shown at all.
+        let shown = |url: &str| {
+            RedisConfig::builder().url(url).build().map_or_else(
+                |_| "<invalid URL, not shown>".to_owned(),
+                |c| c.redacted_url(),
+            )
+        };
         f.debug_struct("RedisConfigBuilder")
-            .field("url", &self.url.as_deref().map(redact_url))
+            .field("url", &self.url.as_deref().map(shown))
             .field(
                 "cluster_nodes",
                 &self
                     .cluster_nodes
                     .iter()
-                    .map(|n| redact_url(n))
+                    .map(|n| shown(n))
                     .collect::<Vec<_>>(),
             )
             .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
@@ -160,20 +246,26 @@ impl Default for RedisConfigBuilder {
             command_timeout: Duration::from_secs(5),
             username: None,
             password: None,
+            tls_ca_file: None,
             limits: Limits::default(),
         }
     }
 }
 
 impl RedisConfigBuilder {
-    /// The server URL: `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
+    /// The server URL: `redis://[user[:password]@]host[:port][/db]`, `rediss://` for TLS,
+    /// `redis-cluster://host:port[?node=host:port&node=...]` (or `rediss-cluster://`) for a
+    /// Cluster. Parsed by fred: whether it is a Cluster and whether it uses TLS come from
+    /// fred's reading of the URL. `rediss` verifies the server's certificate against the
+    /// system's root certificates, or [`RedisConfigBuilder::tls_ca_file`].
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
     }
 
-    /// Cluster mode: the nodes to discover the cluster from (`redis://host:port`, or
-    /// `rediss://` for TLS). Replaces `url`.
+    /// Cluster mode: the nodes to discover the cluster from, each in any URL form `url`
+    /// takes (`redis://host:port`, `rediss://`, `redis-cluster://...?node=...`); every host
+    /// named is used. Replaces `url`. All nodes must agree on TLS.
     pub fn cluster_nodes<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -183,9 +275,13 @@ impl RedisConfigBuilder {
         self
     }
 
-    /// Prefix of every key (default `state:`). `clear`, `count` and listing touch only keys
-    /// under it, so two backends with different prefixes share a server safely. It must be
-    /// non-empty: an empty prefix would make `clear` delete every key of the database.
+    /// Namespace of every key (default `state:`). `clear`, `count` and listing touch only
+    /// keys under it, so two backends with different prefixes share a server safely.
+    ///
+    /// A prefix is one segment of `A-Z a-z 0-9 _ - .` ended by `:` (`app` becomes `app:`),
+    /// so no prefix can contain another (`app:` would otherwise see `app:b:`'s keys); see
+    /// [`state_core::validate_namespace`]. Lock keys live under `@`-namespaces no data
+    /// prefix can reach.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -244,6 +340,14 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// Verifies `rediss://` servers against the CA certificates in this PEM file instead of
+    /// the system's root certificates (the certificate's host name is still checked). Needs
+    /// a `rediss` URL: it never turns TLS on by itself.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
     /// Key and value size limits; keys are checked without the prefix.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -252,26 +356,56 @@ impl RedisConfigBuilder {
 
     /// Validates and returns the configuration.
     pub fn build(self) -> StateResult<RedisConfig> {
-        let topology = if self.cluster_nodes.is_empty() {
-            let url = self
-                .url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-            check_url(&url)?;
-            Topology::Standalone(url)
+        let (mut fred, topology) = if self.cluster_nodes.is_empty() {
+            let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
+            let (fred, servers, cluster) = parse_url(url)?;
+            let topology = if cluster {
+                Topology::Cluster(servers.iter().map(host_port).collect())
+            } else {
+                Topology::Standalone(host_port(&servers[0]))
+            };
+            (fred, topology)
         } else {
+            let mut hosts = Vec::new();
+            let mut first: Option<FredConfig> = None;
             for node in &self.cluster_nodes {
-                check_url(node)?;
+                let (parsed, servers, _) = parse_url(node)?;
+                hosts.extend(servers);
+                if let Some(first) = &first
+                    && first.tls.is_some() != parsed.tls.is_some()
+                {
+                    return Err(StateError::config(
+                        "cluster_nodes mix TLS (rediss) and plain (redis) URLs",
+                    ));
+                }
+                first.get_or_insert(parsed);
             }
-            Topology::Cluster(self.cluster_nodes)
+            let mut fred = first.expect("cluster_nodes is not empty");
+            let topology = Topology::Cluster(hosts.iter().map(host_port).collect());
+            fred.server = ServerConfig::new_clustered(
+                hosts
+                    .into_iter()
+                    .map(|s| (s.host.to_string(), s.port))
+                    .collect(),
+            );
+            (fred, topology)
         };
-        if self.key_prefix.is_empty() {
-            return Err(StateError::config(
-                "key_prefix must not be empty: clear() would delete every key of the database",
-            ));
+        if let Some(user) = &self.username {
+            fred.username = Some(user.clone());
         }
-        if self.key_prefix.len() > 256 {
-            return Err(StateError::config("key_prefix must be at most 256 bytes"));
+        if let Some(password) = &self.password {
+            fred.password = Some(password.clone());
         }
+        if let Some(path) = &self.tls_ca_file {
+            let Some(tls) = fred.tls.as_mut() else {
+                return Err(StateError::config(
+                    "tls_ca_file needs a rediss:// (TLS) URL; a CA file never turns TLS on by itself",
+                ));
+            };
+            tls.connector = TlsConnector::from(rustls_config_with_ca(path)?);
+        }
+        let key_prefix = validate_namespace(&self.key_prefix)
+            .map_err(|e| StateError::config(format!("key_prefix: {}", e.message())))?;
         if self.pool_min == 0 || self.pool_max < self.pool_min || self.pool_min > 128 {
             return Err(StateError::config(
                 "pool_size(min, max) needs 1 <= min <= max and min <= 128",
@@ -288,8 +422,9 @@ impl RedisConfigBuilder {
                 .map_err(|_| StateError::config("default_ttl must be at least 1 ms"))?;
         }
         Ok(RedisConfig {
+            fred,
             topology,
-            key_prefix: self.key_prefix,
+            key_prefix,
             default_ttl: self.default_ttl,
             pool_min: self.pool_min,
             pool_max: self.pool_max,
@@ -297,30 +432,35 @@ impl RedisConfigBuilder {
             pipeline_batch_size: self.pipeline_batch_size,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
-            username: self.username,
-            password: self.password,
             limits: self.limits,
         })
     }
 }
 
-fn check_url(url: &str) -> StateResult<()> {
-    let ok = [
-        "redis://",
-        "rediss://",
-        "redis-cluster://",
-        "rediss-cluster://",
-    ]
-    .iter()
-    .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::config(format!(
-            "`{}` is not a Redis URL (expected redis://host:port or rediss://host:port)",
-            redact_url(url)
-        )))
+/// A rustls client config (ring) trusting only the CA certificates in `path`.
+fn rustls_config_with_ca(path: &std::path::Path) -> StateResult<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| StateError::config(format!("cannot read CA file {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| StateError::config(format!("bad CA file {}: {e}", path.display())))?;
+        store
+            .add(cert)
+            .map_err(|e| StateError::config(format!("bad CA certificate: {e}")))?;
     }
+    if store.is_empty() {
+        return Err(StateError::config(format!(
+            "CA file {} holds no certificate",
+            path.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StateError::config(format!("TLS setup: {e}")))?
+        .with_root_certificates(store)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]
@@ -333,50 +473,134 @@ mod tests {
         assert_eq!(config.key_prefix(), "state:");
         assert_eq!(
             config.topology(),
-            &Topology::Standalone("redis://127.0.0.1:6379".into())
+            &Topology::Standalone("127.0.0.1:6379".into())
         );
+        assert!(!config.tls());
     }
 
     #[test]
     fn bad_input_is_a_config_error() {
         for builder in [
             RedisConfig::builder().url("http://x"),
+            RedisConfig::builder().url("redis-sentinel://h:1?sentinelServiceName=m"),
             RedisConfig::builder().key_prefix(""),
+            RedisConfig::builder().key_prefix("app:b:"),
+            RedisConfig::builder().key_prefix("@state-lock:"),
+            RedisConfig::builder().key_prefix("a*"),
             RedisConfig::builder().pool_size(0, 1),
             RedisConfig::builder().pool_size(5, 2),
             RedisConfig::builder().pipeline_batch_size(0),
             RedisConfig::builder().command_timeout(Duration::ZERO),
             RedisConfig::builder().default_ttl(Duration::from_micros(10)),
+            RedisConfig::builder().tls_ca_file("/nonexistent.pem"),
+            RedisConfig::builder()
+                .url("rediss://h:1")
+                .tls_ca_file("/nonexistent.pem"),
+            RedisConfig::builder().cluster_nodes(["redis://a:1", "rediss://b:2"]),
         ] {
             let err = builder.build().unwrap_err();
-            assert_eq!(err.kind(), state_core::ErrorKind::ConfigInvalid);
+            assert_eq!(err.kind(), state_core::ErrorKind::ConfigInvalid, "{err}");
         }
     }
 
     #[test]
-    fn passwords_never_show() {
+    fn prefixes_are_one_segment_ending_in_a_colon() {
+        for (given, kept) in [
+            ("state", "state:"),
+            ("app:", "app:"),
+            ("a.b-c_d", "a.b-c_d:"),
+        ] {
+            let config = RedisConfig::builder().key_prefix(given).build().unwrap();
+            assert_eq!(config.key_prefix(), kept);
+        }
+    }
+
+    #[test]
+    fn every_url_form_sets_cluster_and_tls_from_fred() {
+        for (url, cluster, tls) in [
+            ("redis://h:6379", false, false),
+            ("rediss://h:6380/2", false, true),
+            (
+                "redis-cluster://h:7000?node=h:7001&node=h:7002",
+                true,
+                false,
+            ),
+            ("rediss-cluster://u:pw@h:7000", true, true),
+        ] {
+            let config = RedisConfig::builder().url(url).build().unwrap();
+            assert_eq!(
+                matches!(config.topology(), Topology::Cluster(_)),
+                cluster,
+                "{url}"
+            );
+            assert_eq!(config.tls(), tls, "{url}");
+        }
         let config = RedisConfig::builder()
-            .url("redis://user:hunter2@h:1")
-            .password("s3cret")
+            .url("redis-cluster://h:7000?node=h:7001&node=h:7002")
             .build()
             .unwrap();
-        let shown = format!("{config:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
-            "{shown}"
-        );
+        let Topology::Cluster(nodes) = config.topology() else {
+            panic!("not a cluster")
+        };
+        assert_eq!(nodes.len(), 3);
+        // cluster_nodes accept every form, and every host named is used.
+        let config = RedisConfig::builder()
+            .cluster_nodes(["redis-cluster://a:1?node=b:2", "redis://c:3"])
+            .build()
+            .unwrap();
+        let Topology::Cluster(nodes) = config.topology() else {
+            panic!("not a cluster")
+        };
+        let mut nodes = nodes.clone();
+        nodes.sort();
+        assert_eq!(nodes, ["a:1", "b:2", "c:3"]);
+    }
+
+    /// Passwords with `/ # @ : % ' "`, spaces and non-ASCII, in the URL and set apart:
+    /// never in `Debug`, `redacted_url` or errors.
+    #[test]
+    fn passwords_never_show() {
+        for password in [
+            "hunter2",
+            "hunt/er2",
+            "p#hunter2",
+            "a@b",
+            "x:y",
+            "it's",
+            "say \"hi\" now",
+            "pässwörd",
+        ] {
+            let encoded: String =
+                url::form_urlencoded::byte_serialize(password.as_bytes()).collect();
+            for url in [
+                format!("redis://:{encoded}@h:1"),
+                format!("redis://default:{encoded}@h:1/3"),
+                format!("rediss-cluster://default:{encoded}@h:1?node=h:2"),
+                // Unencoded, as users type them: refused or parsed, never shown.
+                format!("redis://:{password}@h:1"),
+                format!("redis://default:{password}@h:1"),
+            ] {
+                match RedisConfig::builder().url(&url).build() {
+                    Ok(config) => {
+                        let shown = format!("{config:?} {}", config.redacted_url());
+                        assert!(!shown.contains(password), "{url} -> {shown}");
+                    }
+                    Err(err) => assert!(!err.to_string().contains(password), "{err}"),
+                }
+                let builder = RedisConfig::builder().url(&url).password(password);
+                let shown = format!("{builder:?}");
+                assert!(!shown.contains(password), "{shown}");
+            }
+        }
+        let config = RedisConfig::builder()
+            .url("redis://user:hunter2@h:1")
+            .build()
+            .unwrap();
+        assert_eq!(config.redacted_url(), "redis://user:***@h:1");
         let err = RedisConfig::builder()
             .url("nope://u:hunter2@h")
             .build()
             .unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
-        let builder = RedisConfig::builder()
-            .url("redis://:hunter2@h")
-            .password("s3cret");
-        let shown = format!("{builder:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
-            "{shown}"
-        );
     }
 }
