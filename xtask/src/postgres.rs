@@ -38,33 +38,8 @@ impl Drop for Registered {
 /// `STATE_POSTGRES_URL` (the primary), `STATE_POSTGRES_REPLICA_URLS` (comma-separated) and
 /// `STATE_POSTGRES_BIN_DIR` (so tests' throwaway servers run the same binaries).
 pub(crate) fn start() -> anyhow::Result<Started> {
-    let services = crate::cmd::workspace_root().join("target/services");
-    state_test_servers::remove_stale_dirs(&services, "postgres-")
-        .context("removing stale target/services/postgres-* directories")?;
-    let dir = services.join(format!("postgres-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    let began = Instant::now();
-    let primary = Registered::start(PostgresServer::init_primary(
-        &dir.join("primary"),
-        free_port(0)?,
-    )?)?;
-    // Picked while the primary listens, so it cannot be the primary's port.
-    let replica = Registered::start(PostgresServer::init_replica(
-        &primary.0,
-        &dir.join("replica"),
-        free_port(0)?,
-    )?)?;
-    primary.0.wait_replica_streaming(Duration::from_secs(30))?;
+    let (primary, replica, dir) = start_pair("postgres", None)?;
     let bin_dir = primary.0.binaries().bin_dir().display().to_string();
-    eprintln!(
-        "xtask: postgres primary on 127.0.0.1:{}, streaming replica on 127.0.0.1:{} ({bin_dir}; \
-         ready in {:.1?})",
-        primary.0.port(),
-        replica.0.port(),
-        began.elapsed()
-    );
     Ok(Started {
         env: vec![
             ("STATE_POSTGRES_URL".into(), primary.0.url()),
@@ -77,4 +52,58 @@ pub(crate) fn start() -> anyhow::Result<Started> {
             let _ = std::fs::remove_dir_all(&dir);
         }),
     })
+}
+
+/// Starts a second primary + streaming replica with TLS on (certificates from `certs`);
+/// plain connections are accepted too, so tests can compare. Exports
+/// `STATE_POSTGRES_TLS_URL` and `STATE_POSTGRES_TLS_REPLICA_URLS`.
+pub(crate) fn start_tls(
+    certs: &state_test_servers::tls::TestCerts,
+) -> anyhow::Result<(Vec<(String, String)>, Box<dyn FnOnce()>)> {
+    let (primary, replica, dir) = start_pair("postgres-tls", Some(certs))?;
+    Ok((
+        vec![
+            ("STATE_POSTGRES_TLS_URL".into(), primary.0.url()),
+            ("STATE_POSTGRES_TLS_REPLICA_URLS".into(), replica.0.url()),
+        ],
+        Box::new(move || {
+            drop(replica);
+            drop(primary);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    ))
+}
+
+fn start_pair(
+    name: &str,
+    tls: Option<&state_test_servers::tls::TestCerts>,
+) -> anyhow::Result<(Registered, Registered, std::path::PathBuf)> {
+    let services = crate::cmd::workspace_root().join("target/services");
+    state_test_servers::remove_stale_dirs(&services, &format!("{name}-"))
+        .with_context(|| format!("removing stale target/services/{name}-* directories"))?;
+    let dir = services.join(format!("{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let began = Instant::now();
+    let primary = PostgresServer::init_primary(&dir.join("primary"), free_port(0)?)?;
+    if let Some(certs) = tls {
+        primary.enable_tls(certs)?;
+    }
+    let primary = Registered::start(primary)?;
+    // Picked while the primary listens, so it cannot be the primary's port.
+    let replica = Registered::start(PostgresServer::init_replica(
+        &primary.0,
+        &dir.join("replica"),
+        free_port(0)?,
+    )?)?;
+    primary.0.wait_replica_streaming(Duration::from_secs(30))?;
+    eprintln!(
+        "xtask: {name} primary on 127.0.0.1:{}, streaming replica on 127.0.0.1:{} (ready in \
+         {:.1?})",
+        primary.0.port(),
+        replica.0.port(),
+        began.elapsed()
+    );
+    Ok((primary, replica, dir))
 }

@@ -217,3 +217,62 @@ pub(crate) fn start_shards() -> anyhow::Result<Started> {
         }),
     })
 }
+
+/// Starts a standalone server that accepts TLS only (`--port 0 --tls-port P`), with the
+/// server certificate from `certs` and no client certificates; returns
+/// `STATE_REDIS_TLS_URL` (`rediss://127.0.0.1:P`) and a stop function.
+pub(crate) fn start_tls(
+    certs: &state_test_servers::tls::TestCerts,
+) -> anyhow::Result<(Vec<(String, String)>, Box<dyn FnOnce()>)> {
+    let (server, cli) = binaries()?;
+    let dir = services_dir("redis-tls")?;
+    let port = free_port(0)?;
+    let mut cmd = Command::new(&server);
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--tls-cert-file")
+        .arg(&certs.server_cert)
+        .arg("--tls-key-file")
+        .arg(&certs.server_key)
+        .arg("--tls-ca-cert-file")
+        .arg(&certs.ca)
+        .args(["--tls-auth-clients", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--logfile", "redis.log", "--protected-mode", "no"]);
+    let mut child = Guarded::spawn(format!("redis-server tls :{port}"), &mut cmd)?;
+    let ca = certs.ca.display().to_string();
+    wait_until(
+        "redis-server (TLS) to answer PING",
+        Duration::from_secs(20),
+        || {
+            child.exited()
+                || output(Command::new(&cli).args([
+                    "--tls",
+                    "--cacert",
+                    &ca,
+                    "-p",
+                    &port.to_string(),
+                    "ping",
+                ]))
+                .is_some_and(|o| o.trim() == "PONG")
+        },
+    )?;
+    if child.exited() {
+        bail!(
+            "redis-server (TLS) exited at start (built without TLS?); see {}",
+            dir.join("redis.log").display()
+        );
+    }
+    eprintln!("xtask: redis TLS on 127.0.0.1:{port}");
+    Ok((
+        vec![(
+            "STATE_REDIS_TLS_URL".into(),
+            format!("rediss://127.0.0.1:{port}"),
+        )],
+        Box::new(move || {
+            child.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    ))
+}

@@ -51,7 +51,40 @@ pub(crate) fn all() -> Vec<Service> {
             env_var: "STATE_POSTGRES_URL",
             start: crate::postgres::start,
         },
+        // With STATE_TLS_CA_FILE set externally this is skipped; then also set
+        // STATE_TLS_OTHER_CA_FILE, STATE_REDIS_TLS_URL, STATE_POSTGRES_TLS_URL and
+        // STATE_POSTGRES_TLS_REPLICA_URLS.
+        Service {
+            name: "TLS: redis + postgres primary/replica (certificates made now)",
+            env_var: "STATE_TLS_CA_FILE",
+            start: start_tls,
+        },
     ]
+}
+
+/// Generates a CA and a server certificate (never committed), then starts a TLS-only Redis
+/// and a TLS-enabled PostgreSQL primary + replica with them.
+fn start_tls() -> anyhow::Result<Started> {
+    let dir = crate::cmd::workspace_root()
+        .join("target/services")
+        .join(format!("tls-{}", std::process::id()));
+    let certs = state_test_servers::tls::TestCerts::generate(&dir)?;
+    let (mut env, stop_redis) = crate::redis::start_tls(&certs)?;
+    let (pg_env, stop_pg) = crate::postgres::start_tls(&certs)?;
+    env.extend(pg_env);
+    env.push(("STATE_TLS_CA_FILE".into(), certs.ca.display().to_string()));
+    env.push((
+        "STATE_TLS_OTHER_CA_FILE".into(),
+        certs.other_ca.display().to_string(),
+    ));
+    Ok(Started {
+        env,
+        stop: Box::new(move || {
+            stop_redis();
+            stop_pg();
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+    })
 }
 
 /// Servers started for one test run; stopped by [`Running::stop`] or on drop (also when the

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Target, env, unique};
-use state_core::ErrorKind;
+use state_core::{ErrorKind, StateBackend};
 use state_lock::{DistributedLock, FencingToken, Lease, LeaseStatus, RedisLock, new_owner_token};
 use state_redis::{RedisConfig, RedisStateBackend};
 
@@ -390,4 +390,47 @@ async fn paused_server_times_out_and_the_guard_reports_loss_before_expiry() {
         started.elapsed()
     );
     drop(guard);
+}
+
+/// Lock keys live in the reserved `@` namespace: `clear` and `delete_prefix` of data
+/// backends whose prefixes share the lock namespace's leading characters (`state`,
+/// `state-lock`, and the default `state:`) leave the fencing counter alone, so tokens keep
+/// increasing; and no data backend may take an `@` prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn clearing_lookalike_data_namespaces_keeps_tokens_increasing() {
+    // Database 7, used by no other test: `clear` under `state:` must not race other tests.
+    let url = format!("{}/7", env("STATE_REDIS_URL"));
+    let name = unique("fence-clear");
+    let lock = RedisLock::new(&url, &name).await.unwrap();
+    assert!(lock.fence_key().starts_with("@state-lock:"));
+    let mut last = 0;
+    for prefix in ["state", "state-lock", "state:", "st"] {
+        for _ in 0..3 {
+            let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
+            assert!(guard.token().get() > last, "{} after {last}", guard.token());
+            last = guard.token().get();
+            assert!(guard.release().await.unwrap());
+        }
+        let data = RedisStateBackend::new(
+            RedisConfig::builder()
+                .url(&url)
+                .key_prefix(prefix)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        data.clear().await.unwrap();
+        assert_eq!(data.delete_prefix(b"").await.unwrap(), 0);
+    }
+    let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
+    assert!(guard.token().get() > last, "{} after {last}", guard.token());
+    assert!(guard.release().await.unwrap());
+    for reserved in ["@state-lock:", "@x"] {
+        let err = RedisConfig::builder()
+            .key_prefix(reserved)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{reserved}");
+    }
 }

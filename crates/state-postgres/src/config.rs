@@ -566,6 +566,21 @@ mod tests {
     }
 
     #[test]
+    fn reserved_table_names_are_refused() {
+        for name in [
+            "state_locks",
+            "STATE_LOCKS",
+            "app.state_lock_fences",
+            "state_schema_migrations",
+            "state_locks_token_seq",
+        ] {
+            let err = TableName::parse(name).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}");
+        }
+        assert!(TableName::parse("state_lockers").is_ok());
+    }
+
+    #[test]
     fn good_names_are_quoted() {
         assert_eq!(TableName::parse("state").unwrap().quoted(), "\"state\"");
         assert_eq!(

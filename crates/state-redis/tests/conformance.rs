@@ -43,10 +43,37 @@ impl BackendFactory for Cluster {
     }
 }
 
+/// The Cluster opened from one `redis-cluster://first?node=second&node=...` URL: the cluster
+/// flag comes from fred's reading of the URL.
+struct ClusterFromUrl;
+
+#[async_trait::async_trait]
+impl BackendFactory for ClusterFromUrl {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let urls = env("STATE_REDIS_CLUSTER_URLS");
+        let mut hosts = urls.split(',').map(|u| u.trim_start_matches("redis://"));
+        let first = hosts.next().expect("one node");
+        let others: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+        let config = RedisConfig::builder()
+            .url(format!("redis-cluster://{first}?{}", others.join("&")))
+            .key_prefix(namespace)
+            .build()?;
+        assert!(matches!(
+            config.topology(),
+            state_redis::Topology::Cluster(_)
+        ));
+        Ok(Arc::new(RedisStateBackend::new(config).await?))
+    }
+}
+
 mod standalone {
     state_testkit::conformance_suite!(super::Standalone);
 }
 
 mod cluster {
     state_testkit::conformance_suite!(super::Cluster);
+}
+
+mod cluster_url {
+    state_testkit::conformance_suite!(super::ClusterFromUrl);
 }

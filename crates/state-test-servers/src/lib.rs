@@ -20,6 +20,7 @@ use std::path::Path;
 
 pub mod postgres;
 mod sys;
+pub mod tls;
 
 /// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read the port, release it).
 ///

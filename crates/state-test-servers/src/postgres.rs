@@ -622,6 +622,20 @@ impl PostgresServer {
     }
 
     /// Appends settings to `postgresql.conf` (later lines win over earlier ones).
+    /// Turns TLS on (`ssl = on` with `certs`' server certificate and key, copied into the
+    /// data directory and owned by the server's user). Plain connections keep working; a
+    /// replica initialised from this primary afterwards inherits the setting and the files.
+    /// Takes effect at the next start (or restart).
+    pub fn enable_tls(&self, certs: &crate::tls::TestCerts) -> io::Result<()> {
+        let cert = self.data_dir.join("server.crt");
+        let key = self.data_dir.join("server.key");
+        fs::copy(&certs.server_cert, &cert)?;
+        crate::tls::write_private(&key, &fs::read(&certs.server_key)?)?;
+        sys::chown_to(&cert, self.run_as.as_ref())?;
+        sys::chown_to(&key, self.run_as.as_ref())?;
+        self.append_config("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+    }
+
     fn append_config(&self, settings: &str) -> io::Result<()> {
         let mut conf = OpenOptions::new()
             .append(true)

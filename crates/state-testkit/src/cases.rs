@@ -424,6 +424,43 @@ pub async fn clear_and_count_are_isolated_between_namespaces(factory: &dyn Backe
     assert_eq!(other.list_keys(b"").await.unwrap().len(), 2);
 }
 
+/// Two namespaces whose names are string prefixes of one another (`t_x` and `t_xb`, and
+/// keys in the first that spell the second's prefix) never see each other's keys: not in
+/// `get`, `list_keys`, `count`, `scan`, `checkpoint`, `delete_prefix` or `clear`.
+pub async fn namespaces_named_as_prefixes_of_each_other_stay_isolated(
+    factory: &dyn BackendFactory,
+) {
+    let name = unique_namespace();
+    let short = open_named(factory, &name).await;
+    let long = open_named(factory, &format!("{name}b")).await;
+    // Keys in `short` that would collide with `long`'s if names were joined naively.
+    for key in [&b"b:k"[..], b"bk", b"b", b"k"] {
+        short.put(key, b"short").await.unwrap();
+    }
+    long.put(b"k", b"long").await.unwrap();
+    long.put(b"k2", b"long").await.unwrap();
+    assert_eq!(short.count().await.unwrap(), 4);
+    assert_eq!(long.count().await.unwrap(), 2);
+    assert_eq!(long.get(b"k").await.unwrap(), Some(b(b"long")));
+    assert_eq!(short.get(b"k").await.unwrap(), Some(b(b"short")));
+    assert_eq!(
+        sorted(long.list_keys(b"").await.unwrap()),
+        vec![b(b"k"), b(b"k2")]
+    );
+    assert_eq!(short.list_keys(b"").await.unwrap().len(), 4);
+    assert_eq!(collect_scan(&*long, b"").await.len(), 2);
+    assert_eq!(collect_scan(&*short, b"").await.len(), 4);
+    let mut buf = Vec::new();
+    assert_eq!(long.checkpoint(&mut buf).await.unwrap().entries, 2);
+    assert_eq!(short.delete_prefix(b"b").await.unwrap(), 3);
+    assert_eq!(long.count().await.unwrap(), 2);
+    short.clear().await.unwrap();
+    assert_eq!(long.count().await.unwrap(), 2);
+    assert_eq!(long.get(b"k2").await.unwrap(), Some(b(b"long")));
+    long.clear().await.unwrap();
+    assert_eq!(long.count().await.unwrap(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batches
 // ---------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
                 count_reflects_puts_and_deletes,
                 clear_removes_every_key,
                 clear_and_count_are_isolated_between_namespaces,
+                namespaces_named_as_prefixes_of_each_other_stay_isolated,
                 batch_get_keeps_order_and_duplicates,
                 batch_get_answers_none_for_missing_key_in_place,
                 batch_get_of_1000_keys_round_trips,
