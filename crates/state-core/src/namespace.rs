@@ -24,9 +24,10 @@ pub const RESERVED_NAMESPACE_MARK: char = '@';
 
 /// Checks a namespace and returns it in canonical form, ending in `:`.
 ///
-/// The segment must be 1 to 64 bytes of `A-Z a-z 0-9 _ - .`; a missing trailing `:` is added
-/// (`app` becomes `app:`). Anything else (an inner `:`, spaces, glob or hash-tag characters,
-/// the reserved `@`) is [`crate::ErrorKind::InvalidInput`] naming the rule.
+/// The segment must be 1 to 64 bytes of `A-Z a-z 0-9 _ - . { }` (braces for a Redis Cluster
+/// hash tag such as `{tenant42}:`); a missing trailing `:` is added (`app` becomes `app:`).
+/// Anything else (an inner `:`, spaces, glob characters, the reserved `@`) is
+/// [`crate::ErrorKind::InvalidInput`] naming the rule.
 ///
 /// ```
 /// use state_core::validate_namespace;
@@ -38,11 +39,12 @@ pub const RESERVED_NAMESPACE_MARK: char = '@';
 /// ```
 pub fn validate_namespace(prefix: &str) -> StateResult<String> {
     let segment = prefix.strip_suffix(NAMESPACE_DELIMITER).unwrap_or(prefix);
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    let valid_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '{' | '}');
     if segment.is_empty() || segment.len() > MAX_NAMESPACE_LEN || !segment.chars().all(valid_char) {
         return Err(StateError::invalid_input(format!(
             "invalid namespace {prefix:?}: a namespace is one segment of 1 to {MAX_NAMESPACE_LEN} \
-             characters from A-Z a-z 0-9 _ - . followed by `:` (e.g. `app:`), so that no \
+             characters from A-Z a-z 0-9 _ - . {{ }} followed by `:` (e.g. `app:`), so that no \
              namespace can contain another; nest by wrapping (Namespaced over Namespaced)"
         )));
     }
@@ -120,7 +122,8 @@ mod tests {
             "a:b",
             "a:b:",
             "a*",
-            "{a}",
+            "a?",
+            "[a]",
             "a b",
             "@x",
             "é",

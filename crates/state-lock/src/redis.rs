@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use state_core::{StateError, StateResult, redact_url};
+use state_core::{StateError, StateResult};
 use state_redis::{RedisConfig, RedisStateBackend};
 
 use crate::error::map_fred;
@@ -147,13 +147,11 @@ impl RedisLock {
             .command_timeout(Duration::from_secs(2))
             .max_retries(1)
             .build()?;
+        let server = config.redacted_url();
         let backend = RedisStateBackend::new(config).await.map_err(|e| {
-            StateError::new(
-                e.kind(),
-                format!("{} (lock server {})", e.message(), redact_url(url)),
-            )
-            .with_retryable(e.is_retryable())
-            .with_operation("connect")
+            StateError::new(e.kind(), format!("{} (lock server {server})", e.message()))
+                .with_retryable(e.is_retryable())
+                .with_operation("connect")
         })?;
         Self::from_backend(&backend, name)
     }

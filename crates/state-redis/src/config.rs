@@ -278,7 +278,7 @@ impl RedisConfigBuilder {
     /// Namespace of every key (default `state:`). `clear`, `count` and listing touch only
     /// keys under it, so two backends with different prefixes share a server safely.
     ///
-    /// A prefix is one segment of `A-Z a-z 0-9 _ - .` ended by `:` (`app` becomes `app:`),
+    /// A prefix is one segment of `A-Z a-z 0-9 _ - . { }` ended by `:` (`app` becomes `app:`),
     /// so no prefix can contain another (`app:` would otherwise see `app:b:`'s keys); see
     /// [`state_core::validate_namespace`]. Lock keys live under `@`-namespaces no data
     /// prefix can reach.
