@@ -57,21 +57,19 @@ pub(crate) fn start() -> anyhow::Result<Started> {
 /// Starts a second primary + streaming replica with TLS on (certificates from `certs`);
 /// plain connections are accepted too, so tests can compare. Exports
 /// `STATE_POSTGRES_TLS_URL` and `STATE_POSTGRES_TLS_REPLICA_URLS`.
-pub(crate) fn start_tls(
-    certs: &state_test_servers::tls::TestCerts,
-) -> anyhow::Result<(Vec<(String, String)>, Box<dyn FnOnce()>)> {
+pub(crate) fn start_tls(certs: &state_test_servers::tls::TestCerts) -> anyhow::Result<Started> {
     let (primary, replica, dir) = start_pair("postgres-tls", Some(certs))?;
-    Ok((
-        vec![
+    Ok(Started {
+        env: vec![
             ("STATE_POSTGRES_TLS_URL".into(), primary.0.url()),
             ("STATE_POSTGRES_TLS_REPLICA_URLS".into(), replica.0.url()),
         ],
-        Box::new(move || {
+        stop: Box::new(move || {
             drop(replica);
             drop(primary);
             let _ = std::fs::remove_dir_all(&dir);
         }),
-    ))
+    })
 }
 
 fn start_pair(

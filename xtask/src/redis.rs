@@ -220,10 +220,8 @@ pub(crate) fn start_shards() -> anyhow::Result<Started> {
 
 /// Starts a standalone server that accepts TLS only (`--port 0 --tls-port P`), with the
 /// server certificate from `certs` and no client certificates; returns
-/// `STATE_REDIS_TLS_URL` (`rediss://127.0.0.1:P`) and a stop function.
-pub(crate) fn start_tls(
-    certs: &state_test_servers::tls::TestCerts,
-) -> anyhow::Result<(Vec<(String, String)>, Box<dyn FnOnce()>)> {
+/// `STATE_REDIS_TLS_URL` (`rediss://127.0.0.1:P`).
+pub(crate) fn start_tls(certs: &state_test_servers::tls::TestCerts) -> anyhow::Result<Started> {
     let (server, cli) = binaries()?;
     let dir = services_dir("redis-tls")?;
     let port = free_port(0)?;
@@ -265,14 +263,14 @@ pub(crate) fn start_tls(
         );
     }
     eprintln!("xtask: redis TLS on 127.0.0.1:{port}");
-    Ok((
-        vec![(
+    Ok(Started {
+        env: vec![(
             "STATE_REDIS_TLS_URL".into(),
             format!("rediss://127.0.0.1:{port}"),
         )],
-        Box::new(move || {
+        stop: Box::new(move || {
             child.stop();
             let _ = std::fs::remove_dir_all(&dir);
         }),
-    ))
+    })
 }

@@ -69,9 +69,11 @@ fn start_tls() -> anyhow::Result<Started> {
         .join("target/services")
         .join(format!("tls-{}", std::process::id()));
     let certs = state_test_servers::tls::TestCerts::generate(&dir)?;
-    let (mut env, stop_redis) = crate::redis::start_tls(&certs)?;
-    let (pg_env, stop_pg) = crate::postgres::start_tls(&certs)?;
-    env.extend(pg_env);
+    let redis = crate::redis::start_tls(&certs)?;
+    let pg = crate::postgres::start_tls(&certs)?;
+    let (stop_redis, stop_pg) = (redis.stop, pg.stop);
+    let mut env = redis.env;
+    env.extend(pg.env);
     env.push(("STATE_TLS_CA_FILE".into(), certs.ca.display().to_string()));
     env.push((
         "STATE_TLS_OTHER_CA_FILE".into(),

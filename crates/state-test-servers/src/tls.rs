@@ -20,6 +20,7 @@ pub struct TestCerts {
     pub other_ca: PathBuf,
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(io_err)`
 fn io_err(err: rcgen::Error) -> io::Error {
     io::Error::other(format!("rcgen: {err}"))
 }
