@@ -278,9 +278,26 @@ pub async fn write_from_scan<B: StateBackend + ?Sized>(
 
 /// Reads a checkpoint from `reader` into `backend`: entries without TTL in `batch_put`s,
 /// entries with one through `put_with_ttl`.
+///
+/// **All or nothing for bad input:** the stream is first copied aside (in memory up to
+/// 16 MiB, then into an anonymous temporary file that disappears with the process) and
+/// verified completely (structure, record count, SHA-256); a corrupted or truncated
+/// checkpoint returns [`ErrorKind::Corrupted`] before the first entry is written. A failure
+/// of the backend itself while applying (a lost connection) can leave some entries written;
+/// restoring the same checkpoint again converges, since every write is an upsert.
 pub async fn restore_into<B: StateBackend + ?Sized>(
     backend: &B,
     reader: &mut (dyn AsyncRead + Send + Unpin),
+) -> StateResult<RestoreSummary> {
+    let mut spool = Spool::fill(reader).await?;
+    verify(spool.reader().await?).await?;
+    apply(backend, spool.reader().await?).await
+}
+
+/// Writes an already verified checkpoint stream into `backend`.
+async fn apply<B: StateBackend + ?Sized>(
+    backend: &B,
+    reader: impl AsyncRead + Unpin,
 ) -> StateResult<RestoreSummary> {
     let mut input = CheckpointReader::new(reader).await?;
     let mut summary = RestoreSummary {
@@ -305,6 +322,54 @@ pub async fn restore_into<B: StateBackend + ?Sized>(
     }
     flush_batch(backend, &mut batch).await?;
     Ok(summary)
+}
+
+/// Checkpoints up to this size are verified from memory; larger ones from a temporary file.
+const SPOOL_IN_MEMORY: usize = 16 * 1024 * 1024;
+
+/// A copy of a checkpoint stream that can be read twice (verify, then apply).
+enum Spool {
+    Memory(Vec<u8>),
+    File(tokio::fs::File),
+}
+
+impl Spool {
+    async fn fill(reader: &mut (dyn AsyncRead + Send + Unpin)) -> StateResult<Self> {
+        let mut memory = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(Self::Memory(memory));
+            }
+            memory.extend_from_slice(&chunk[..n]);
+            if memory.len() > SPOOL_IN_MEMORY {
+                break;
+            }
+        }
+        // Unlinked at creation: nothing is left behind, whatever happens to the process.
+        let file = tokio::task::spawn_blocking(tempfile::tempfile)
+            .await
+            .map_err(|e| StateError::new(ErrorKind::Io, format!("restore spool: {e}")))??;
+        let mut file = tokio::fs::File::from_std(file);
+        file.write_all(&memory).await?;
+        drop(memory);
+        tokio::io::copy(reader, &mut file).await?;
+        file.flush().await?;
+        Ok(Self::File(file))
+    }
+
+    /// The spooled bytes from the start.
+    async fn reader(&mut self) -> StateResult<Box<dyn AsyncRead + Send + Unpin + '_>> {
+        match self {
+            Self::Memory(bytes) => Ok(Box::new(&bytes[..])),
+            Self::File(file) => {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(0)).await?;
+                Ok(Box::new(&mut *file))
+            }
+        }
+    }
 }
 
 async fn flush_batch<B: StateBackend + ?Sized>(
@@ -386,6 +451,7 @@ pub async fn restore_file<B: StateBackend + ?Sized>(
     let path = path.as_ref();
     verify(tokio::fs::File::open(path).await?).await?;
     let mut file = tokio::fs::File::open(path).await?;
+    // `restore` verifies again (it cannot know its input was a verified file).
     backend.restore(&mut file).await
 }
 

@@ -1095,6 +1095,26 @@ pub async fn restore_rejects_corrupted_checkpoint(factory: &dyn BackendFactory) 
     let last = flipped.len() - 40;
     flipped[last] ^= 0x55;
     assert_kind(fresh.restore(&mut &flipped[..]).await, ErrorKind::Corrupted);
+    assert_eq!(fresh.count().await.unwrap(), 0, "nothing applied");
+
+    // 2,000 entries, one flipped bit near the end: the stream is verified before the first
+    // write, so nothing is applied (not the 1,537 entries of a streaming restore) and the
+    // keys already there keep their values.
+    let big = open(factory).await;
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..2000u32)
+        .map(|i| (format!("e{i:05}").into_bytes(), noise(64, u64::from(i))))
+        .collect();
+    let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    big.batch_put(&refs).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(big.checkpoint(&mut buf).await.unwrap().entries, 2000);
+    let at = buf.len() - 32 - 9 - 10; // inside the last record's value
+    buf[at] ^= 0x01;
+    let target = open(factory).await;
+    target.put(b"e00000", b"kept").await.unwrap();
+    assert_kind(target.restore(&mut &buf[..]).await, ErrorKind::Corrupted);
+    assert_eq!(target.count().await.unwrap(), 1, "nothing applied");
+    assert_eq!(target.get(b"e00000").await.unwrap(), Some(b(b"kept")));
 }
 
 /// `checkpoint::write_file` replaces the file atomically: a checkpoint that fails half-way

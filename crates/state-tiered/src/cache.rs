@@ -509,7 +509,12 @@ impl CachedStateBackend {
         // announce anything).
         self.caps.limits.check_key(key)?;
         let pending = Pending::begin(self, key);
+        // The key's TTL runs from when the server applied the write, somewhere during the
+        // round trip: count the copy's lifetime from when the request left, so an L1 copy
+        // never outlives the key by the write's latency.
+        let sent = Instant::now();
         let result = op.await;
+        let key_ttl = key_ttl.map(|t| t.saturating_sub(sent.elapsed()));
         let stamp = pending.finish();
         self.shared.l1.invalidate(key).await;
         let value = match written {
@@ -521,7 +526,8 @@ impl CachedStateBackend {
             (&result, stamp, value, self.write_policy)
         {
             let slot = self.slot(value.map(Bytes::copy_from_slice), stamp, key_ttl);
-            if slot.value.is_some() || self.negative_ttl.is_some() {
+            let expired = key_ttl.is_some_and(|t| t.is_zero());
+            if !expired && (slot.value.is_some() || self.negative_ttl.is_some()) {
                 self.shared
                     .l1
                     .insert(Bytes::copy_from_slice(key), slot)

@@ -595,14 +595,15 @@ impl StateBackend for TieredStateBackend {
         &self,
         reader: &mut (dyn AsyncRead + Send + Unpin),
     ) -> StateResult<state_core::checkpoint::RestoreSummary> {
-        let summary = self.durable.restore(reader).await?;
-        // Restored keys are unknown here: every cache tier starts over.
+        let result = self.durable.restore(reader).await;
+        // Restored keys are unknown here: every cache tier starts over, also when the
+        // restore failed part-way (some entries may have been written).
         for tier in self.tiers.iter().filter(|t| self.usable(t)) {
             if let Err(err) = tier.backend.clear().await {
                 self.failed(tier, &err);
             }
         }
-        Ok(summary)
+        result
     }
 
     /// `gets`, `hits` (found in any tier), `misses`; `details`: `<tier>_hits`,

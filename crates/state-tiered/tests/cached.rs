@@ -70,6 +70,28 @@ async fn cached_copy_never_outlives_inner_ttl() {
     assert_eq!(cache.get(b"c").await.unwrap(), None);
 }
 
+/// A write-through copy's lifetime counts from when the write was sent, not from when its
+/// slow acknowledgement arrived: a 300 ms key acknowledged after 150 ms is not served at
+/// 350 ms (issue 12 point 6: it was served at 400 ms).
+#[tokio::test]
+async fn write_through_copy_expires_with_the_key_despite_a_slow_write() {
+    let inner = common::Slow::new(Duration::from_millis(150));
+    let cache = CachedStateBackend::new(inner.clone(), 100, Some(Duration::from_secs(60)));
+    let sent = std::time::Instant::now();
+    cache
+        .put_with_ttl(b"k", b"v", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(150));
+    tokio::time::sleep_until((sent + Duration::from_millis(350)).into()).await;
+    assert_eq!(
+        inner.inner.get(b"k").await.unwrap(),
+        None,
+        "the key expired"
+    );
+    assert_eq!(cache.get(b"k").await.unwrap(), None, "and so did its copy");
+}
+
 /// Racing writers and readers on a few keys through a slow inner backend: once they stop,
 /// every cached answer equals the inner backend's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -60,7 +60,10 @@ impl StateBackend for Slow {
         self.inner.capabilities()
     }
     async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
-        self.inner.put_with_ttl(key, value, ttl).await
+        // Applied at once, acknowledged late: the key's TTL runs from the application.
+        self.inner.put_with_ttl(key, value, ttl).await?;
+        tokio::time::sleep(self.delay).await;
+        Ok(())
     }
     async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
         // Read first, answer late: the answer may be outdated by the time it arrives.
