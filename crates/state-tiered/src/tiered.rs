@@ -50,6 +50,9 @@ fn decode(stored: &[u8]) -> Stored {
 /// Stripes of per-key write locks (one process's writes of a key reach the tiers in order).
 const LOCK_STRIPES: usize = 1024;
 
+/// Most tombstones in flight in the background at once.
+const MAX_BACKGROUND_TOMBSTONES: usize = 1024;
+
 fn stripe(key: &[u8]) -> usize {
     use std::hash::BuildHasher;
     (foldhash::fast::FixedState::with_seed(7).hash_one(key) as usize) % LOCK_STRIPES
@@ -128,6 +131,10 @@ impl TieredBuilder {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            bulk_gen: AtomicU64::new(0),
+            bulk: tokio::sync::RwLock::new(()),
+            background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_TOMBSTONES)),
+            skipped_tombstones: AtomicU64::new(0),
             caps: backend.capabilities(),
             durable: backend,
             tiers,
@@ -155,6 +162,19 @@ impl TieredBuilder {
 ///   still hold from before the failure to expire. It never answers with a value the durable
 ///   tier has replaced. The durable tier's errors are returned.
 /// - `list_keys`, `count`, `scan`, `checkpoint` and `ttl` read the durable tier.
+/// - **Bulk writes** (`clear`, `delete_prefix`, `restore`) clean every cache tier after the
+///   durable write (also after a failed one); a promotion whose durable read began before a
+///   bulk write finished promotes nothing (a generation counter and a read-write lock order
+///   them within the process).
+/// - **Cancellation**: a write whose caller is dropped after the durable tier may have
+///   applied it still leaves no cache tier with the value it replaced: the keys get
+///   tombstones from a spawned task (a bulk write's tiers are cleaned the same way).
+/// - **Batches** take the per-key locks of all their keys (in one global order), so a batch
+///   and a single write of a key reach the tiers in the order they reached the durable tier.
+/// - A **bypassed** (quarantined) tier still gets tombstones for written keys, in the
+///   background and best effort (at most 1,024 in flight; skipped ones are counted in
+///   `stats().details["skipped_background_tombstones"]`), so other instances that still use
+///   it do not serve a replaced value.
 ///
 /// Two processes writing one key at the same moment may leave a cache tier holding the
 /// earlier write until the tier TTL (the tiers are separate servers with no shared order);
@@ -162,6 +182,18 @@ impl TieredBuilder {
 pub struct TieredStateBackend {
     durable: Arc<dyn StateBackend>,
     locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Bumped before and after every write of unknown keys (`clear`, `delete_prefix`,
+    /// `restore`): a promotion whose durable read began before such a write was finished
+    /// promotes nothing.
+    bulk_gen: AtomicU64,
+    /// Held shared by promotions, exclusively while a bulk write clears the tiers, so no
+    /// promotion can land between the durable write and the tier clear.
+    bulk: tokio::sync::RwLock<()>,
+    /// Bounds the tombstones sent in the background (to quarantined tiers, after a
+    /// cancelled write).
+    background: Arc<tokio::sync::Semaphore>,
+    /// Background tombstones skipped because too many were in flight.
+    skipped_tombstones: AtomicU64,
     caps: Capabilities,
     tiers: Vec<CacheTier>,
     born: Instant,
@@ -236,7 +268,23 @@ impl TieredStateBackend {
 
     /// Copies a value found below into the usable tiers above `found_at`, never replacing
     /// a newer write or a deletion's tombstone (`set_if_not_exists`).
-    async fn promote(&self, key: &[u8], value: &[u8], key_ttl: Option<Duration>, found_at: usize) {
+    async fn promote(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        key_ttl: Option<Duration>,
+        found_at: usize,
+        read_gen: u64,
+    ) {
+        if found_at == 0 {
+            return;
+        }
+        let _no_bulk_write = self.bulk.read().await;
+        if self.bulk_gen.load(Ordering::Acquire) != read_gen {
+            // A clear, prefix delete or restore ran since the value was read: it may be
+            // gone or replaced.
+            return;
+        }
         let stored = encode(Some(value));
         for tier in self.tiers[..found_at].iter().filter(|t| self.usable(t)) {
             let ttl = Self::tier_ttl(tier, key_ttl);
@@ -258,6 +306,7 @@ impl TieredStateBackend {
 
     async fn lookup(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        let read_gen = self.bulk_gen.load(Ordering::Acquire);
         let mut promote_to = self.tiers.len();
         for (i, tier) in self.tiers.iter().enumerate() {
             if !self.usable(tier) {
@@ -267,7 +316,7 @@ impl TieredStateBackend {
                 Ok(Some((stored, ttl))) => match decode(&stored) {
                     Stored::Value(value) => {
                         tier.hits.fetch_add(1, Ordering::Relaxed);
-                        self.promote(key, &value, ttl, i).await;
+                        self.promote(key, &value, ttl, i, read_gen).await;
                         return Ok(Some((value, ttl)));
                     }
                     // A recent deletion: ask the durable tier, promote nowhere below here.
@@ -283,7 +332,7 @@ impl TieredStateBackend {
         }
         if let Some((value, ttl)) = self.durable.get_with_ttl(key).await? {
             self.durable_hits.fetch_add(1, Ordering::Relaxed);
-            self.promote(key, &value, ttl, promote_to).await;
+            self.promote(key, &value, ttl, promote_to, read_gen).await;
             Ok(Some((value, ttl)))
         } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +345,13 @@ impl TieredStateBackend {
     /// value back.
     async fn sync_tiers(&self, key: &[u8], value: Option<&[u8]>, key_ttl: Option<Duration>) {
         let stored = encode(value);
-        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
+        for tier in &self.tiers {
+            if !self.usable(tier) {
+                // Bypassed here, but other instances may still read it: try to tombstone
+                // the key there, in the background (the tier may be slow or down).
+                self.tombstone_in_background(tier, key);
+                continue;
+            }
             let ttl = if value.is_some() {
                 Self::tier_ttl(tier, key_ttl)
             } else {
@@ -320,6 +375,61 @@ impl TieredStateBackend {
         }
     }
 
+    /// Sends a tombstone for `key` to `tier` on a spawned task, best effort (bounded; skipped
+    /// and counted when too many are in flight, or outside a tokio runtime).
+    fn tombstone_in_background(&self, tier: &CacheTier, key: &[u8]) {
+        let (Ok(handle), Ok(permit)) = (
+            tokio::runtime::Handle::try_current(),
+            Arc::clone(&self.background).try_acquire_owned(),
+        ) else {
+            self.skipped_tombstones.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let backend = Arc::clone(&tier.backend);
+        let ttl = tier.ttl;
+        let key = key.to_vec();
+        handle.spawn(async move {
+            let _ = backend.put_with_ttl(&key, &encode(None), ttl).await;
+            drop(permit);
+        });
+    }
+
+    /// Runs a write of unknown keys (`clear`, `delete_prefix`, `restore`) on the durable
+    /// tier, then `on_tier` on every cache tier (quarantined ones too, best effort), with no
+    /// promotion of a value read before the write landing in between. The tiers are cleaned
+    /// also when the durable write failed (it may have applied in part), and, when the
+    /// caller is cancelled, by a spawned task.
+    async fn bulk_write<T>(
+        &self,
+        op: impl Future<Output = StateResult<T>>,
+        cleanup: TierCleanup,
+    ) -> StateResult<T> {
+        self.bulk_gen.fetch_add(1, Ordering::AcqRel);
+        let mut on_cancel = BulkCleanup {
+            tiers: self.tiers.iter().map(|t| Arc::clone(&t.backend)).collect(),
+            cleanup: Some(cleanup.clone()),
+        };
+        let result = op.await;
+        {
+            let _exclusive = self.bulk.write().await;
+            let results = join_all(self.tiers.iter().map(|t| {
+                let cleanup = &cleanup;
+                async move { (t, cleanup.run(&*t.backend).await) }
+            }))
+            .await;
+            for (tier, outcome) in results {
+                if let Err(err) = outcome
+                    && self.usable(tier)
+                {
+                    self.failed(tier, &err);
+                }
+            }
+            self.bulk_gen.fetch_add(1, Ordering::AcqRel);
+        }
+        on_cancel.cleanup = None;
+        result
+    }
+
     /// A durable write whose outcome is unknown (it failed or timed out, and may have
     /// applied): no cache tier may keep the old value.
     async fn unknown_outcome(&self, key: &[u8]) {
@@ -336,7 +446,12 @@ impl TieredStateBackend {
         then: impl FnOnce(&T) -> Option<(Option<&'v [u8]>, Option<Duration>)>,
     ) -> StateResult<T> {
         let _order = self.locks[stripe(key)].lock().await;
-        match op.await {
+        let mut cancelled = TombstoneOnDrop {
+            backend: self,
+            keys: vec![key],
+            armed: true,
+        };
+        let result = match op.await {
             Ok(done) => {
                 if let Some((value, ttl)) = then(&done) {
                     self.sync_tiers(key, value, ttl).await;
@@ -349,7 +464,26 @@ impl TieredStateBackend {
                 }
                 Err(err)
             }
+        };
+        cancelled.armed = false;
+        result
+    }
+
+    /// Locks the stripes of `keys` in ascending order (no deadlock with single-key writes
+    /// or other batches), so a batch and a single write of one key reach the tiers in the
+    /// order they reached the durable tier.
+    async fn lock_keys(
+        &self,
+        keys: impl Iterator<Item = &[u8]>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.map(stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.locks[s].lock().await);
         }
+        guards
     }
 
     /// Cache-tier hits and failures, by tier name.
@@ -398,13 +532,8 @@ impl StateBackend for TieredStateBackend {
     }
 
     async fn clear(&self) -> StateResult<()> {
-        self.durable.clear().await?;
-        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
-            if let Err(err) = tier.backend.clear().await {
-                self.failed(tier, &err);
-            }
-        }
-        Ok(())
+        self.bulk_write(self.durable.clear(), TierCleanup::Clear)
+            .await
     }
 
     async fn count(&self) -> StateResult<usize> {
@@ -463,6 +592,12 @@ impl StateBackend for TieredStateBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> StateResult<()> {
+        let _order = self.lock_keys(entries.iter().map(|(k, _)| *k)).await;
+        let mut cancelled = TombstoneOnDrop {
+            backend: self,
+            keys: entries.iter().map(|(k, _)| *k).collect(),
+            armed: true,
+        };
         let result = self.durable.batch_put(entries).await;
         match &result {
             Ok(()) => {
@@ -472,10 +607,10 @@ impl StateBackend for TieredStateBackend {
                 for (k, v) in entries {
                     last.insert(k, v);
                 }
-                join_all(last.into_iter().map(|(k, v)| async move {
-                    let _order = self.locks[stripe(k)].lock().await;
-                    self.sync_tiers(k, Some(v), self.caps.default_ttl).await;
-                }))
+                join_all(
+                    last.into_iter()
+                        .map(|(k, v)| self.sync_tiers(k, Some(v), self.caps.default_ttl)),
+                )
                 .await;
             }
             Err(err) if err.kind() != ErrorKind::InvalidInput => {
@@ -483,22 +618,26 @@ impl StateBackend for TieredStateBackend {
             }
             Err(_) => {}
         }
+        cancelled.armed = false;
         result
     }
 
     async fn batch_delete(&self, keys: &[&[u8]]) -> StateResult<usize> {
+        let _order = self.lock_keys(keys.iter().copied()).await;
+        let mut cancelled = TombstoneOnDrop {
+            backend: self,
+            keys: keys.to_vec(),
+            armed: true,
+        };
         let result = self.durable.batch_delete(keys).await;
         if result
             .as_ref()
             .err()
             .is_none_or(|e| e.kind() != ErrorKind::InvalidInput)
         {
-            join_all(keys.iter().map(|k| async move {
-                let _order = self.locks[stripe(k)].lock().await;
-                self.sync_tiers(k, None, None).await;
-            }))
-            .await;
+            join_all(keys.iter().map(|k| self.sync_tiers(k, None, None))).await;
         }
+        cancelled.armed = false;
         result
     }
 
@@ -564,20 +703,12 @@ impl StateBackend for TieredStateBackend {
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {
-        let removed = self.durable.delete_prefix(prefix).await?;
-        let results = join_all(
-            self.tiers
-                .iter()
-                .filter(|t| self.usable(t))
-                .map(|t| async move { (t, t.backend.delete_prefix(prefix).await) }),
+        self.caps.limits.check_prefix(prefix)?;
+        self.bulk_write(
+            self.durable.delete_prefix(prefix),
+            TierCleanup::DeletePrefix(Bytes::copy_from_slice(prefix)),
         )
-        .await;
-        for (tier, result) in results {
-            if let Err(err) = result {
-                self.failed(tier, &err);
-            }
-        }
-        Ok(removed)
+        .await
     }
 
     fn scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
@@ -595,15 +726,10 @@ impl StateBackend for TieredStateBackend {
         &self,
         reader: &mut (dyn AsyncRead + Send + Unpin),
     ) -> StateResult<state_core::checkpoint::RestoreSummary> {
-        let result = self.durable.restore(reader).await;
         // Restored keys are unknown here: every cache tier starts over, also when the
         // restore failed part-way (some entries may have been written).
-        for tier in self.tiers.iter().filter(|t| self.usable(t)) {
-            if let Err(err) = tier.backend.clear().await {
-                self.failed(tier, &err);
-            }
-        }
-        result
+        self.bulk_write(self.durable.restore(reader), TierCleanup::Clear)
+            .await
     }
 
     /// `gets`, `hits` (found in any tier), `misses`; `details`: `<tier>_hits`,
@@ -646,6 +772,10 @@ impl StateBackend for TieredStateBackend {
         stats
             .details
             .insert("durable_hits".into(), durable_hits as f64);
+        stats.details.insert(
+            "skipped_background_tombstones".into(),
+            self.skipped_tombstones.load(Ordering::Relaxed) as f64,
+        );
         stats.inner = Some(Box::new(durable));
         stats
     }
@@ -660,5 +790,67 @@ impl StateBackend for TieredStateBackend {
 
     async fn flush(&self) -> StateResult<()> {
         self.durable.flush().await
+    }
+}
+
+/// Armed while a write's durable part may have run and its tier sync has not finished: if
+/// the caller's future is dropped in between, every tier gets a tombstone for the keys in
+/// the background, so no tier keeps a value the durable tier replaced.
+struct TombstoneOnDrop<'a> {
+    backend: &'a TieredStateBackend,
+    keys: Vec<&'a [u8]>,
+    armed: bool,
+}
+
+impl Drop for TombstoneOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for tier in &self.backend.tiers {
+            for key in &self.keys {
+                self.backend.tombstone_in_background(tier, key);
+            }
+        }
+    }
+}
+
+/// What a bulk write does to every cache tier.
+#[derive(Clone)]
+enum TierCleanup {
+    Clear,
+    DeletePrefix(Bytes),
+}
+
+impl TierCleanup {
+    async fn run(&self, tier: &dyn StateBackend) -> StateResult<()> {
+        match self {
+            Self::Clear => tier.clear().await,
+            Self::DeletePrefix(prefix) => tier.delete_prefix(prefix).await.map(|_| ()),
+        }
+    }
+}
+
+/// Armed while a bulk write (`clear`, `delete_prefix`, `restore`) may have changed the
+/// durable tier and the tiers are not cleaned yet: if the caller's future is dropped, a
+/// spawned task cleans them.
+struct BulkCleanup {
+    tiers: Vec<Arc<dyn StateBackend>>,
+    cleanup: Option<TierCleanup>,
+}
+
+impl Drop for BulkCleanup {
+    fn drop(&mut self) {
+        let (Some(cleanup), Ok(handle)) =
+            (self.cleanup.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        for tier in self.tiers.drain(..) {
+            let cleanup = cleanup.clone();
+            handle.spawn(async move {
+                let _ = cleanup.run(&*tier).await;
+            });
+        }
     }
 }
