@@ -29,6 +29,9 @@ use crate::window::{
 /// The state key of the progress record.
 const PROGRESS_KEY: &[u8] = b"progress";
 
+/// Largest `--batch-size`: a batch's events are generated, held and written at once.
+const MAX_BATCH_SIZE: u64 = 1_000_000;
+
 /// Which backend holds the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum BackendKind {
@@ -144,6 +147,8 @@ impl Progress {
 pub(crate) enum Start {
     /// No earlier state.
     Fresh,
+    /// The checkpoint held no progress record (nothing was processed): started over.
+    FreshOverEmptyCheckpoint,
     /// The backend is not persistent, so there is nothing to resume.
     NotPersistent,
     /// The backend already held progress from an earlier run.
@@ -170,6 +175,9 @@ impl fmt::Display for Start {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Fresh => f.write_str("starting fresh (no earlier state)"),
+            Self::FreshOverEmptyCheckpoint => f.write_str(
+                "starting fresh: the database was missing and the checkpoint holds no progress",
+            ),
             Self::NotPersistent => f.write_str(
                 "starting fresh: the memory backend keeps no state between runs (no resume)",
             ),
@@ -291,6 +299,14 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<Report> {
     if config.window_ms == 0 || config.batch_size == 0 || config.checkpoint_every == 0 {
         bail!("--window-ms, --batch-size and --checkpoint-every must be at least 1");
     }
+    if config.batch_size > MAX_BATCH_SIZE {
+        bail!(
+            "--batch-size {} is too large: a batch is held in memory and written at once; \
+             use at most {}",
+            config.batch_size,
+            group(MAX_BATCH_SIZE)
+        );
+    }
     if !(0.0..1.0).contains(&config.stream.dup_rate) {
         bail!("--dup-rate must be in [0, 1)");
     }
@@ -361,10 +377,12 @@ async fn recover(
         .restore_from_file(checkpoint)
         .await
         .with_context(|| format!("restoring {}", checkpoint.display()))?;
-    let progress: Progress = backend
-        .get_typed(PROGRESS_KEY)
-        .await?
-        .with_context(|| format!("{} holds no progress record", checkpoint.display()))?;
+    let Some(progress) = backend.get_typed::<Progress>(PROGRESS_KEY).await? else {
+        // A checkpoint without progress (older versions wrote one for `--events 0`) holds
+        // no position to resume from: start over rather than refuse every later run.
+        backend.clear().await?;
+        return Ok((fresh, Start::FreshOverEmptyCheckpoint));
+    };
     check_compatible(&progress, config)?;
     let start = Start::Restored {
         offset: progress.offset,
@@ -468,7 +486,15 @@ impl<'c> Processor<'c> {
         let config = self.config;
         self.say(start.to_string());
         let start_offset = self.progress.offset;
-        let end_offset = start_offset + config.events;
+        let Some(end_offset) = start_offset.checked_add(config.events) else {
+            bail!(
+                "--events {} is too large: the state is at offset {} and the offsets would \
+                 overflow; use at most {}",
+                config.events,
+                group(start_offset),
+                group(u64::MAX - start_offset)
+            );
+        };
         let start_totals = self.progress.totals;
         if config.show_progress {
             let bar = ProgressBar::new(config.events);
@@ -497,7 +523,7 @@ impl<'c> Processor<'c> {
         while self.progress.offset < end_offset {
             let batch_started = Instant::now();
             let from = self.progress.offset;
-            let to = end_offset.min(from + config.batch_size);
+            let to = end_offset.min(from.saturating_add(config.batch_size));
             redeliveries += self.process_batch(from, to).await?;
             self.close_windows().await?;
             latency.saturating_record(batch_started.elapsed().as_micros() as u64);
@@ -660,6 +686,11 @@ impl<'c> Processor<'c> {
     /// holds a consistent state.
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
+        // Every checkpoint carries a progress record, also one written before any batch
+        // (`--events 0`), so a restore from it always knows where it stands.
+        if self.progress.offset == 0 {
+            self.backend.put_typed(PROGRESS_KEY, &self.progress).await?;
+        }
         self.backend.flush().await?;
         let flush = started.elapsed();
         let started = Instant::now();
@@ -714,6 +745,57 @@ mod tests {
         }
         counts.sort();
         counts
+    }
+
+    /// `--events 0` on a fresh folder leaves a folder later runs can use, from the database
+    /// or from the checkpoint alone (issue 12 point 7: every later run failed with "holds
+    /// no progress record").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zero_events_never_wedge_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let nothing = run(&config(dir.path(), 0)).await.unwrap();
+        assert_eq!((nothing.start_offset, nothing.end_offset), (0, 0));
+        let next = run(&config(dir.path(), 2_000)).await.unwrap();
+        assert_eq!((next.start_offset, next.end_offset), (0, 2_000));
+        // Only the checkpoint of a zero-event run left (the database lost).
+        let dir = tempfile::tempdir().unwrap();
+        run(&config(dir.path(), 0)).await.unwrap();
+        std::fs::remove_dir_all(sled_dir(dir.path())).unwrap();
+        let next = run(&config(dir.path(), 2_000)).await.unwrap();
+        assert!(
+            matches!(next.start, Start::Restored { offset: 0, .. }),
+            "{:?}",
+            next.start
+        );
+        assert_eq!(next.end_offset, 2_000);
+        // A checkpoint with no progress record at all (written by older versions).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let empty = state_memory::MemoryStateBackend::new(None);
+        empty
+            .checkpoint_to_file(checkpoint_path(dir.path(), BackendKind::Sled))
+            .await
+            .unwrap();
+        let next = run(&config(dir.path(), 1_000)).await.unwrap();
+        assert_eq!(next.start, Start::FreshOverEmptyCheckpoint);
+        assert_eq!(next.end_offset, 1_000);
+    }
+
+    /// Arguments that would overflow the offsets or hold a huge batch are refused with a
+    /// message naming them (issue 12 point 7: they overflowed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overflowing_arguments_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&config(dir.path(), 1_000)).await.unwrap();
+        let err = run(&config(dir.path(), u64::MAX)).await.unwrap_err();
+        assert!(err.to_string().contains("--events"), "{err}");
+        let mut huge_batch = config(dir.path(), 1_000);
+        huge_batch.batch_size = u64::MAX;
+        let err = run(&huge_batch).await.unwrap_err();
+        assert!(err.to_string().contains("--batch-size"), "{err}");
+        // The folder still works.
+        let next = run(&config(dir.path(), 1_000)).await.unwrap();
+        assert_eq!((next.start_offset, next.end_offset), (1_000, 2_000));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
