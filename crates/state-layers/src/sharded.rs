@@ -546,6 +546,13 @@ impl StateBackend for Sharded {
                 futures_util::future::try_join_all(s.iter().map(|s| s.clear())).await?;
             }
             Routing::Migrating { from, to } => {
+                // Every stripe lock, in order: no move is between reading a key on its old
+                // shard and writing it on the new one while the shards are cleared (a move
+                // in flight would otherwise bring its key back afterwards).
+                let mut no_moves = Vec::with_capacity(self.locks.len());
+                for stripe in &*self.locks {
+                    no_moves.push(stripe.lock().await);
+                }
                 futures_util::future::try_join_all(
                     distinct(&[from, to]).into_iter().map(|s| s.clear()),
                 )

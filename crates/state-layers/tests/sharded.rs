@@ -312,3 +312,77 @@ async fn reshard_over_real_redis_servers_moves_keys_online() {
     sharded.clear().await.unwrap();
     assert_eq!(sharded.count().await.unwrap(), 0);
 }
+
+/// `clear` while a reshard moves keys leaves nothing behind: a move that read a key before
+/// the clear cannot write it to its new shard after (issue 12 point 8: 24-36 of 300 keys
+/// came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clear_during_reshard_brings_no_key_back() {
+    for round in 0..5 {
+        let old: Vec<Arc<dyn StateBackend>> = (0..3)
+            .map(|_| Arc::new(Laggy(MemoryStateBackend::new(None))) as Arc<dyn StateBackend>)
+            .collect();
+        let sharded = Arc::new(Sharded::new(old.clone()).unwrap());
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..3000u32)
+            .map(|i| (format!("k{i}").into_bytes(), vec![7u8; 64]))
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        sharded.batch_put(&refs).await.unwrap();
+        let mut new = old.clone();
+        new.extend(memory_shards(1));
+        let mover = {
+            let sharded = Arc::clone(&sharded);
+            let new = new.clone();
+            tokio::spawn(async move { sharded.reshard(new, |_| {}).await })
+        };
+        // Clear while moves are in flight (each move's read answers 2 ms late).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(sharded.is_resharding().await, "round {round}: still moving");
+        sharded.clear().await.unwrap();
+        mover.await.unwrap().unwrap();
+        assert_eq!(sharded.count().await.unwrap(), 0, "round {round}");
+        for (i, shard) in new.iter().enumerate() {
+            assert_eq!(shard.count().await.unwrap(), 0, "round {round}: shard {i}");
+        }
+    }
+}
+
+/// A memory backend whose `get_with_ttl` (the mover's read) answers 2 ms after reading.
+#[derive(Debug)]
+struct Laggy(MemoryStateBackend);
+
+#[async_trait::async_trait]
+impl StateBackend for Laggy {
+    fn get<'a>(&'a self, key: &'a [u8]) -> state_core::StateFuture<'a, Option<Bytes>> {
+        self.0.get(key)
+    }
+    fn put<'a>(&'a self, key: &'a [u8], value: &'a [u8]) -> state_core::StateFuture<'a, ()> {
+        self.0.put(key, value)
+    }
+    fn delete<'a>(&'a self, key: &'a [u8]) -> state_core::StateFuture<'a, bool> {
+        self.0.delete(key)
+    }
+    async fn list_keys(&self, prefix: &[u8]) -> StateResult<Vec<Bytes>> {
+        self.0.list_keys(prefix).await
+    }
+    async fn clear(&self) -> StateResult<()> {
+        self.0.clear().await
+    }
+    async fn count(&self) -> StateResult<usize> {
+        self.0.count().await
+    }
+    fn contains<'a>(&'a self, key: &'a [u8]) -> state_core::StateFuture<'a, bool> {
+        self.0.contains(key)
+    }
+    fn capabilities(&self) -> state_core::Capabilities {
+        self.0.capabilities()
+    }
+    async fn get_with_ttl(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
+        let found = self.0.get_with_ttl(key).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        found
+    }
+    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> StateResult<()> {
+        self.0.put_with_ttl(key, value, ttl).await
+    }
+}
