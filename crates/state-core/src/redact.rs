@@ -23,9 +23,10 @@ fn is_secret_option(name: &str) -> bool {
 /// - `scheme://user:password@host/...?...`: the password (everything from the first `:` to
 ///   the **last** `@` of the whole string, so a password holding `/`, `#`, `?`, `@` or `:`
 ///   never shows) is masked, and so are the values of query options named like a secret
-///   (`password`, `pass`, `secret`, `token`, ...). Text before `@` without a `:` is a user
-///   name and is shown, unless it contains `/`, `?` or `#` (then it is part of a password
-///   and the whole user-info is masked).
+///   (`password`, `pass`, `secret`, `token`, ...) and every option after one (an unencoded
+///   `&` inside a password would make its rest look like another option). Text before `@`
+///   without a `:` may be a bare password (Redis before ACLs) and is masked too, and so is
+///   everything after a `#`.
 /// - libpq key/value strings (`host=db password = 'hunter 2'`): values of secret options are
 ///   masked, quoted or not, with or without spaces around `=`.
 /// - Anything else that cannot be tokenized is not shown at all.
@@ -39,8 +40,8 @@ fn is_secret_option(name: &str) -> bool {
 /// assert_eq!(redact_url("redis://:hunter2@cache:6379"), "redis://:***@cache:6379");
 /// assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
 /// assert_eq!(
-///     redact_url("postgres://app@db/x?password=s3cret&sslmode=require"),
-///     "postgres://app@db/x?password=***&sslmode=require"
+///     redact_url("postgres://db/x?sslmode=require&password=s3cret&x=1"),
+///     "postgres://db/x?sslmode=require&password=***&***"
 /// );
 /// assert_eq!(
 ///     redact_url("host=db password = 'hunter 2' user=app"),
@@ -48,7 +49,16 @@ fn is_secret_option(name: &str) -> bool {
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match url.find("://") {
+    // A URL only when the text starts with a scheme: `host=db application_name=http://x`
+    // is a key/value list.
+    let scheme_end = url.find("://").filter(|&end| {
+        let scheme = &url[..end];
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    match scheme_end {
         Some(scheme_end) => redact_uri(url, scheme_end),
         None => match parse_key_values(url) {
             Some(pairs) => pairs
@@ -85,12 +95,17 @@ fn redact_uri(url: &str, scheme_end: usize) -> String {
                 out.push(':');
                 out.push_str(MASK);
             }
-            Some(_) => out.push_str(MASK),
-            None if userinfo.contains(['/', '?', '#']) => out.push_str(MASK),
-            None => out.push_str(userinfo),
+            // No `:`: a user name for some schemes, a bare password for others (Redis
+            // before ACLs): never shown.
+            Some(_) | None => out.push_str(MASK),
         }
         out.push('@');
     }
+    // A `#` hides the rest, which is more likely part of a secret than a fragment.
+    let (after, fragment) = match after.split_once('#') {
+        Some((before, _)) => (before, true),
+        None => (after, false),
+    };
     // Host, path and options: parsed with a URL parser when possible, so options are
     // matched after percent-decoding; otherwise split by hand.
     let dummy = format!("{scheme}://h{}", strip_host(after));
@@ -99,26 +114,20 @@ fn redact_uri(url: &str, scheme_end: usize) -> String {
             let (head, _) = after.split_once('?').unwrap_or((after, ""));
             out.push_str(head);
             out.push('?');
-            // After a secret, a bare word (`password=a&b`: the `b`) may be the rest of it.
-            let mut after_secret = false;
-            let shown: Vec<String> = parsed
-                .query_pairs()
-                .map(|(k, v)| {
-                    if is_secret_option(&k) || (after_secret && v.is_empty()) {
-                        after_secret = true;
-                        format!("{k}={MASK}")
-                    } else {
-                        after_secret = false;
-                        format!("{k}={v}")
+            // Everything after a secret is hidden too: an unencoded `&` in a password
+            // (`password=a&b`) makes the rest look like more options.
+            let mut shown = Vec::new();
+            for (k, v) in parsed.query_pairs() {
+                if is_secret_option(&k) {
+                    shown.push(format!("{k}={MASK}"));
+                    if shown.len() < parsed.query_pairs().count() {
+                        shown.push(MASK.to_owned());
                     }
-                })
-                .collect();
-            out.push_str(&shown.join("&"));
-            // A `#` in the options is more likely part of a secret than a fragment.
-            if parsed.fragment().is_some() {
-                out.push('#');
-                out.push_str(MASK);
+                    break;
+                }
+                shown.push(format!("{k}={v}"));
             }
+            out.push_str(&shown.join("&"));
         }
         Ok(_) => out.push_str(after),
         Err(_) => match after.split_once('?') {
@@ -129,6 +138,10 @@ fn redact_uri(url: &str, scheme_end: usize) -> String {
             }
             None => out.push_str(after),
         },
+    }
+    if fragment {
+        out.push('#');
+        out.push_str(MASK);
     }
     out
 }
@@ -307,11 +320,33 @@ mod tests {
             redact_url("postgres://u:p@ss@h/db"),
             "postgres://u:***@h/db"
         );
-        assert_eq!(redact_url("redis://user@h:1"), "redis://user@h:1");
+        assert_eq!(redact_url("redis://user@h:1"), "redis://***@h:1");
         assert_eq!(
             redact_url("host=db port=5432 dbname='my db'"),
             "host=db port=5432 dbname='my db'"
         );
+    }
+
+    /// Cases from the hostile review: `://` inside a key/value list, a fragment before the
+    /// options, an unencoded `&` in a password, a bare token before `@`.
+    #[test]
+    fn hostile_review_cases_are_masked() {
+        for (text, secret) in [
+            (
+                "host=db application_name=http://x password=hunter2",
+                "hunter2",
+            ),
+            ("host=db password='se://hunter2'", "hunter2"),
+            ("password=hunter2://x", "hunter2"),
+            ("postgres://app@db/x#?password=hunter2", "hunter2"),
+            ("postgres://app@db/x?password=s3c&hunter2", "hunter2"),
+            ("postgres://app@db/x?password=ab&hunter2=ef", "hunter2"),
+            ("redis://hunter2@h:1", "hunter2"),
+            ("redis://user:1234#hunter2@h:1", "hunter2"),
+        ] {
+            let shown = redact_url(text);
+            assert!(!shown.contains(secret), "{text} -> {shown}");
+        }
     }
 
     #[test]

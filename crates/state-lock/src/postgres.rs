@@ -201,8 +201,9 @@ impl fmt::Debug for PostgresLock {
 seed_api!(PostgresLock);
 
 impl PostgresLock {
-    /// Connects to `url` with a pool of up to 4 connections of its own (plain TCP) and
-    /// creates the lease table if needed. Fails within about 2 s with a retryable error when
+    /// Connects to `url` with a pool of up to 4 connections of its own (TLS as the URL's
+    /// `sslmode` asks, read as the PostgreSQL backend reads it) and creates the lease table
+    /// if needed. Fails within about 2 s with a retryable error when
     /// the server is unreachable.
     pub async fn new(url: &str, name: &str) -> StateResult<Self> {
         check_name(name)?;
@@ -459,8 +460,8 @@ impl fmt::Debug for PostgresAdvisoryLock {
 seed_api!(PostgresAdvisoryLock);
 
 impl PostgresAdvisoryLock {
-    /// Connects to `url` with a pool of its own (plain TCP; connections are detached from it
-    /// while a lock is held).
+    /// Connects to `url` with a pool of its own (TLS as the URL's `sslmode` asks;
+    /// connections are detached from it while a lock is held).
     pub async fn new(url: &str, name: &str) -> StateResult<Self> {
         check_name(name)?;
         let options = LockOptions::default();

@@ -98,24 +98,25 @@ impl ConnTarget {
             mode: SslModeRequest::Prefer,
             roots: None,
         };
-        let rest = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            strip_tls_from_url(text, &mut tls)?
+        let pairs = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            url_pairs(text)?
         } else {
-            let pairs = parse_key_values(text).ok_or_else(|| {
+            parse_key_values(text).ok_or_else(|| {
                 StateError::config(
                     "invalid PostgreSQL connection string: neither a postgres:// URL nor a \
                      libpq key=value list (an unterminated quote or a word without `=`?); \
                      the text is not shown because it may hold a password",
                 )
-            })?;
-            let mut kept = String::new();
-            for (key, value) in pairs {
-                if !take_tls_option(&key, &value, &mut tls)? {
-                    let _ = write!(kept, "{key}={} ", quote_key_value(&value));
-                }
-            }
-            kept
+            })?
         };
+        // Everything reaches tokio-postgres as a quoted key=value list: no URL ambiguity
+        // (which '@' ends the user-info) is left to its parser.
+        let mut rest = String::new();
+        for (key, value) in pairs {
+            if !take_tls_option(&key, &value, &mut tls)? {
+                let _ = write!(rest, "{key}={} ", quote_key_value(&value));
+            }
+        }
         let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|err| {
             // tokio-postgres names options, never their values.
             StateError::config(format!("invalid PostgreSQL connection string: {err}"))
@@ -199,38 +200,92 @@ fn take_tls_option(key: &str, value: &str, tls: &mut TlsRequest) -> StateResult<
     Ok(true)
 }
 
-/// Removes the TLS options from a URL's query (recording them in `tls`); returns the URL
-/// tokio-postgres should parse.
-fn strip_tls_from_url(url: &str, tls: &mut TlsRequest) -> StateResult<String> {
-    // tokio-postgres ends the user-info at the first '@'; the query starts at the first '?'
-    // after it.
-    let creds_end = url.find('@').map_or(0, |at| at + 1);
-    let Some(q) = url[creds_end..].find('?').map(|q| q + creds_end) else {
-        return Ok(url.to_owned());
+fn url_error(what: &str) -> StateError {
+    StateError::config(format!(
+        "invalid PostgreSQL URL: {what}; percent-encode `/ ? # @ :` and spaces in user names \
+         and passwords (the URL is not shown because it may hold a password)"
+    ))
+}
+
+fn decode(part: &str) -> StateResult<String> {
+    percent_decode_str(part)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| url_error("a part is not valid percent-encoded UTF-8"))
+}
+
+/// The key=value pairs a `postgres://` URL stands for, read as RFC 3986 and libpq read it:
+/// the authority ends at the first `/`, `?` or `#`, its user-info at the authority's last
+/// `@`; user, password, database and options are percent-decoded (a `+` stays a `+`).
+/// Several hosts (`h1:5432,h2:5433`) are allowed, as in libpq.
+fn url_pairs(url: &str) -> StateResult<Vec<(String, String)>> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if tail.contains('#') {
+        return Err(url_error("it contains a `#` (write it as %23)"));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+        None => (None, authority),
     };
-    let mut kept = Vec::new();
-    for pair in url[q + 1..].split('&').filter(|p| !p.is_empty()) {
-        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_decode_str(s)
-                .decode_utf8()
-                .map(std::borrow::Cow::into_owned)
-                .map_err(|_| {
-                    StateError::config(
-                        "invalid PostgreSQL URL: an option is not valid percent-encoded UTF-8",
-                    )
-                })
+    // User-info, path and options through the `url` crate, on a placeholder host (it does
+    // not take libpq's host lists).
+    let placeholder = format!(
+        "postgres://{}placeholder{tail}",
+        userinfo.map(|u| format!("{u}@")).unwrap_or_default()
+    );
+    let parsed = url::Url::parse(&placeholder).map_err(|e| url_error(&e.to_string()))?;
+    let mut pairs = Vec::new();
+    let mut host_list = Vec::new();
+    let mut port_list = Vec::new();
+    for host in hosts.split(',').filter(|h| !h.is_empty()) {
+        let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+            let (name, after) = v6
+                .split_once(']')
+                .ok_or_else(|| url_error("an IPv6 host misses its `]`"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| url_error("bad host"))?),
+            };
+            (name.to_owned(), port)
+        } else {
+            match host.split_once(':') {
+                Some((name, port)) => (decode(name)?, Some(port)),
+                None => (decode(host)?, None),
+            }
         };
-        if !take_tls_option(&decode(raw_key)?, &decode(raw_value)?, tls)? {
-            kept.push(pair);
+        let port = port.unwrap_or("5432");
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+            return Err(url_error("a port is not a number"));
         }
+        host_list.push(name);
+        port_list.push(port.to_owned());
     }
-    let mut out = url[..q].to_owned();
-    if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept.join("&"));
+    if !host_list.is_empty() {
+        pairs.push(("host".to_owned(), host_list.join(",")));
+        pairs.push(("port".to_owned(), port_list.join(",")));
     }
-    Ok(out)
+    if !parsed.username().is_empty() {
+        pairs.push(("user".to_owned(), decode(parsed.username())?));
+    }
+    if let Some(password) = parsed.password() {
+        pairs.push(("password".to_owned(), decode(password)?));
+    }
+    let dbname = parsed.path().trim_start_matches('/');
+    if !dbname.is_empty() {
+        pairs.push(("dbname".to_owned(), decode(dbname)?));
+    }
+    for pair in parsed
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        pairs.push((decode(key)?, decode(value)?));
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -286,12 +341,64 @@ mod tests {
             assert_eq!(t.pg.get_password(), Some(password.as_bytes()));
             assert!(!t.describe().contains(password), "{}", t.describe());
         }
-        let t = ConnTarget::parse("postgres://app:hunt/er2@db/x").unwrap();
+        let t = ConnTarget::parse("postgres://app:hunt%2Fer2@db/x").unwrap();
         assert_eq!(t.pg.get_password(), Some(&b"hunt/er2"[..]));
         assert_eq!(t.describe(), "postgres://app:***@db:5432/x?sslmode=prefer");
         let t = ConnTarget::parse("postgres://app@db/x?password=s3cret&sslmode=require").unwrap();
         assert!(!t.describe().contains("s3cret"));
         assert_eq!(t.tls.mode, SslModeRequest::Require);
+    }
+
+    /// The user-info ends at the authority's last `@` (not the first `@` of the string):
+    /// an `@` in a query password or in the password itself neither leaks it nor swallows
+    /// the `sslmode` (hostile review: `sslmode=require` became `prefer`, password shown).
+    #[test]
+    fn at_signs_anywhere_keep_their_meaning() {
+        let t = ConnTarget::parse(
+            "postgres://db.prod.internal/app?sslmode=verify-full&user=svc&password=Xy7Secret@9q",
+        )
+        .unwrap();
+        assert_eq!(t.tls.mode, SslModeRequest::VerifyFull);
+        assert_eq!(t.pg.get_user(), Some("svc"));
+        assert_eq!(t.pg.get_password(), Some(&b"Xy7Secret@9q"[..]));
+        assert!(!t.describe().contains("Xy7"), "{}", t.describe());
+        let t = ConnTarget::parse(
+            "postgres://127.0.0.1:5/postgres?sslmode=require&application_name=x&password=s3cret@127.0.0.1:5/postgres",
+        )
+        .unwrap();
+        assert_eq!(t.tls.mode, SslModeRequest::Require);
+        assert!(!t.describe().contains("s3cret"), "{}", t.describe());
+        for (url, password) in [
+            (
+                "postgres://pwuser:Wr@ng@Pw@127.0.0.1:45841/postgres",
+                "Wr@ng@Pw",
+            ),
+            ("postgres://app:p@ssw0rdX@db/x", "p@ssw0rdX"),
+            ("postgres://app:a%2Fb%23c%20d+e@db/x", "a/b#c d+e"),
+        ] {
+            let t = ConnTarget::parse(url).unwrap();
+            assert_eq!(t.pg.get_password(), Some(password.as_bytes()), "{url}");
+            let shown = t.describe();
+            assert!(
+                !shown.contains("ssw0rd") && !shown.contains("ng@Pw"),
+                "{shown}"
+            );
+            assert!(shown.starts_with("postgres://"), "{shown}");
+        }
+        // A `+` in a query password stays a `+` (libpq's percent-decoding, not forms').
+        let t = ConnTarget::parse("postgres://u@h/d?password=a+b").unwrap();
+        assert_eq!(t.pg.get_password(), Some(&b"a+b"[..]));
+    }
+
+    #[test]
+    fn host_lists_and_ipv6_are_read() {
+        let t = ConnTarget::parse("postgres://u@h1:5433,[::1]:5434,h3/d").unwrap();
+        assert_eq!(t.pg.get_ports(), [5433, 5434, 5432]);
+        assert_eq!(t.pg.get_hosts().len(), 3);
+        assert_eq!(
+            t.describe(),
+            "postgres://u@h1:5433,[::1]:5434,h3:5432/d?sslmode=prefer"
+        );
     }
 
     #[test]
@@ -302,6 +409,10 @@ mod tests {
             "postgres://u:hunter2@h:notaport/d",
             "hunter2",
             "host=db sslcert=/c.pem password=hunter2",
+            // Unencoded `/` or `#` in a password: refused, never half-shown.
+            "postgres://app:hunter2/x@db/x",
+            "postgres://app:p#hunter2@db/x",
+            "postgres://app@db/x#?password=hunter2",
         ] {
             let err = ConnTarget::parse(bad).err().unwrap();
             assert_eq!(err.kind(), state_core::ErrorKind::ConfigInvalid, "{bad}");

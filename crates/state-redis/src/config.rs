@@ -26,7 +26,7 @@ pub enum Topology {
 }
 
 fn host_port(server: &Server) -> String {
-    if server.host.contains(':') {
+    if server.host.contains(':') && !server.host.starts_with('[') {
         format!("[{}]:{}", server.host, server.port)
     } else {
         format!("{}:{}", server.host, server.port)
@@ -53,15 +53,22 @@ fn parse_url(url: &str) -> StateResult<(FredConfig, Vec<Server>, bool)> {
              rediss-cluster:// (the URL is not shown because it may hold a password)",
         ));
     }
-    let config = FredConfig::from_url(url).map_err(|e| {
-        StateError::config(format!(
-            "invalid Redis URL ({}); expected redis://, rediss://, redis-cluster:// or \
-             rediss-cluster:// followed by [user[:password]@]host[:port][/db] (the URL is not \
-             shown because it may hold a password)",
-            // fred's URL errors name the part (port, scheme), not its text.
-            e.details()
-        ))
-    })?;
+    let invalid = || {
+        StateError::config(
+            "invalid Redis URL: expected redis://, rediss://, redis-cluster:// or \
+             rediss-cluster:// followed by [user[:password]@]host[:port][/db][?node=host:port]; \
+             percent-encode `/ ? # @ :` in passwords (the URL is not shown because it may \
+             hold a password)",
+        )
+    };
+    // A `#` ends the URL for a URL parser: `redis://u:12#pw@h` would connect to host `u`
+    // with the password's start as the port. Refused rather than half-read.
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.fragment().is_none() => {}
+        _ => return Err(invalid()),
+    }
+    // fred's errors quote parts of the URL (a `node=` value): not passed on.
+    let config = FredConfig::from_url(url).map_err(|_| invalid())?;
     match &config.server {
         ServerConfig::Centralized { server } => {
             let servers = vec![server.clone()];
@@ -165,7 +172,8 @@ impl RedisConfig {
         };
         let user = match (&self.fred.username, &self.fred.password) {
             (Some(user), Some(_)) => format!("{user}:***@"),
-            (Some(user), None) => format!("{user}@"),
+            // A user name alone may be a bare password (Redis before ACLs).
+            (Some(_), None) => "***@".to_owned(),
             (None, Some(_)) => ":***@".to_owned(),
             (None, None) => String::new(),
         };
@@ -356,6 +364,12 @@ impl RedisConfigBuilder {
 
     /// Validates and returns the configuration.
     pub fn build(self) -> StateResult<RedisConfig> {
+        if self.url.is_some() && !self.cluster_nodes.is_empty() {
+            return Err(StateError::config(
+                "give either url or cluster_nodes, not both (a URL's TLS or credentials would \
+                 otherwise be ignored)",
+            ));
+        }
         let (mut fred, topology) = if self.cluster_nodes.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
             let (fred, servers, cluster) = parse_url(url)?;
@@ -371,12 +385,18 @@ impl RedisConfigBuilder {
             for node in &self.cluster_nodes {
                 let (parsed, servers, _) = parse_url(node)?;
                 hosts.extend(servers);
-                if let Some(first) = &first
-                    && first.tls.is_some() != parsed.tls.is_some()
-                {
-                    return Err(StateError::config(
-                        "cluster_nodes mix TLS (rediss) and plain (redis) URLs",
-                    ));
+                if let Some(first) = &first {
+                    if first.tls.is_some() != parsed.tls.is_some() {
+                        return Err(StateError::config(
+                            "cluster_nodes mix TLS (rediss) and plain (redis) URLs",
+                        ));
+                    }
+                    if first.username != parsed.username || first.password != parsed.password {
+                        return Err(StateError::config(
+                            "cluster_nodes carry different credentials; give them once with \
+                             username() / password()",
+                        ));
+                    }
                 }
                 first.get_or_insert(parsed);
             }
@@ -497,6 +517,11 @@ mod tests {
                 .url("rediss://h:1")
                 .tls_ca_file("/nonexistent.pem"),
             RedisConfig::builder().cluster_nodes(["redis://a:1", "rediss://b:2"]),
+            RedisConfig::builder()
+                .url("rediss://h:6380")
+                .cluster_nodes(["redis://a:1", "redis://b:2"]),
+            RedisConfig::builder().cluster_nodes(["redis://a:1", "redis://:pw@b:2"]),
+            RedisConfig::builder().url("redis://user:1234#hunter2@h:1"),
         ] {
             let err = builder.build().unwrap_err();
             assert_eq!(err.kind(), state_core::ErrorKind::ConfigInvalid, "{err}");
@@ -602,5 +627,24 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
+        // Hostile review: fred quoted `node=` values; a bare token before `@`; `#`.
+        for url in [
+            "redis-cluster://u:pw@h:1?node=u:hunter2@h2:2",
+            "redis://user:1234#hunter2@h:1",
+        ] {
+            let err = RedisConfig::builder().url(url).build().unwrap_err();
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        let config = RedisConfig::builder()
+            .url("redis://hunter2@h:1")
+            .build()
+            .unwrap();
+        let shown = format!("{config:?} {}", config.redacted_url());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let config = RedisConfig::builder()
+            .url("redis://[::1]:1")
+            .build()
+            .unwrap();
+        assert_eq!(config.topology(), &Topology::Standalone("[::1]:1".into()));
     }
 }
