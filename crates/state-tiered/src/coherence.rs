@@ -158,19 +158,34 @@ impl Coherence {
             instance,
             epoch,
         ));
+        counters
+            .last_pong_ms
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Release);
+        // Three tasks that never wait on one another: announcements, heartbeats, and the
+        // watchdog, which awaits nothing but its own timer (a hung bus cannot stall it).
+        let pinger = tokio::spawn(ping_loop(Arc::clone(&bus), instance, heartbeat));
+        let watchdog = tokio::spawn(watchdog(
+            Arc::clone(&shared),
+            Arc::clone(&counters),
+            heartbeat,
+            epoch,
+        ));
         let publisher = tokio::spawn(publish_loop(
             bus,
             rx,
-            shared,
             Arc::clone(&counters),
             instance,
             heartbeat,
-            epoch,
         ));
         Ok(Self {
             notes,
             counters,
-            tasks: vec![listener.abort_handle(), publisher.abort_handle()],
+            tasks: vec![
+                listener.abort_handle(),
+                publisher.abort_handle(),
+                pinger.abort_handle(),
+                watchdog.abort_handle(),
+            ],
         })
     }
 
@@ -335,21 +350,51 @@ async fn settle_debt(bus: &dyn InvalidationBus, counters: &Counters, instance: u
     }
 }
 
+/// Publishes this instance's heartbeat every `heartbeat`; each ping may take at most one
+/// heartbeat (a hung bus delays nothing else). A ping that fails or is not heard back is
+/// what [`watchdog`] notices.
+async fn ping_loop(bus: Arc<dyn InvalidationBus>, instance: u64, heartbeat: Duration) {
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = BytesMut::with_capacity(HEADER);
+    encode_header(&mut ping, KIND_PING, instance);
+    loop {
+        tick.tick().await;
+        let _ = tokio::time::timeout(heartbeat, bus.publish(&ping)).await;
+    }
+}
+
+/// Checks every half heartbeat that this instance heard its own heartbeat within the last
+/// three; otherwise the bus may be losing messages: degrade (forget everything, cache for
+/// the degraded TTL only). Awaits nothing but its timer, so a bus that hangs or dies is
+/// noticed within 3.5 heartbeats.
+async fn watchdog(
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    heartbeat: Duration,
+    epoch: Instant,
+) {
+    let limit = 3 * heartbeat.as_millis() as u64;
+    loop {
+        tokio::time::sleep(heartbeat / 2).await;
+        let silent = (epoch.elapsed().as_millis() as u64)
+            .saturating_sub(counters.last_pong_ms.load(Ordering::Acquire));
+        if silent > limit {
+            degrade(&shared, &counters, "own heartbeat not heard back");
+        }
+    }
+}
+
 async fn publish_loop(
     bus: Arc<dyn InvalidationBus>,
     mut rx: mpsc::Receiver<Note>,
-    shared: Arc<Shared>,
     counters: Arc<Counters>,
     instance: u64,
     heartbeat: Duration,
-    epoch: Instant,
 ) {
     let max = bus.max_message().max(HEADER + 2 + 16);
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    counters
-        .last_pong_ms
-        .store(epoch.elapsed().as_millis() as u64, Ordering::Release);
     loop {
         let first = tokio::select! {
             note = rx.recv() => match note {
@@ -357,15 +402,6 @@ async fn publish_loop(
                 None => return,
             },
             _ = tick.tick() => {
-                let silent = (epoch.elapsed().as_millis() as u64)
-                    .saturating_sub(counters.last_pong_ms.load(Ordering::Acquire));
-                if silent > 3 * heartbeat.as_millis() as u64 {
-                    degrade(&shared, &counters, "own heartbeat not heard back");
-                }
-                let mut ping = BytesMut::with_capacity(HEADER);
-                encode_header(&mut ping, KIND_PING, instance);
-                // A failed ping is what the watchdog above detects.
-                let _ = bus.publish(&ping).await;
                 settle_debt(&*bus, &counters, instance).await;
                 continue;
             }

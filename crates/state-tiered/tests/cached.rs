@@ -408,3 +408,177 @@ async fn lost_bus_falls_back_to_short_ttl_and_recovers() {
     }
     assert!((cache.stats().await.details["coherent"] - 1.0).abs() < f64::EPSILON);
 }
+
+/// Sends `signal` to `pid` and to its children (a PostgreSQL postmaster's backends).
+fn signal_tree(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("pkill")
+        .args([&format!("-{signal}"), "-P", &pid.to_string()])
+        .status();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Two caches over one inner backend, coherent through `bus_a` / `bus_b`: after `fail()`
+/// (the bus's server hung or killed), a write on A is served stale by B for at most about
+/// 3.5 heartbeats. Returns the longest stale window seen over `rounds` writes.
+async fn stale_window_after_bus_failure(
+    bus_a: Arc<dyn InvalidationBus>,
+    bus_b: Arc<dyn InvalidationBus>,
+    heartbeat: Duration,
+    fail: impl FnOnce(),
+) -> Duration {
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let build = |bus: Arc<dyn InvalidationBus>| {
+        CachedStateBackend::builder(inner.clone())
+            .ttl(Duration::from_secs(300))
+            .degraded(Duration::from_millis(200), heartbeat)
+            .invalidation(bus)
+            .build()
+    };
+    let a = build(bus_a).await.unwrap();
+    let b = build(bus_b).await.unwrap();
+    a.put(b"k", b"v0").await.unwrap();
+    assert_eq!(b.get(b"k").await.unwrap().as_deref(), Some(&b"v0"[..]));
+    assert!(b.is_coherent());
+    fail();
+    let mut longest = Duration::ZERO;
+    for round in 1..=5u32 {
+        // B holds a copy (cached before the failure, or during it for the degraded TTL).
+        let _ = b.get(b"k").await.unwrap();
+        let value = format!("v{round}");
+        a.put(b"k", value.as_bytes()).await.unwrap();
+        let written = Instant::now();
+        while b.get(b"k").await.unwrap().as_deref() != Some(value.as_bytes()) {
+            assert!(
+                written.elapsed() < Duration::from_secs(5),
+                "B served a replaced value for 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        longest = longest.max(written.elapsed());
+    }
+    assert!(
+        !b.is_coherent(),
+        "B says it is coherent while the bus is down"
+    );
+    longest
+}
+
+/// The bound the docs give, with room for scheduling on a loaded 2-core machine.
+fn bound(heartbeat: Duration) -> Duration {
+    heartbeat * 7 / 2 + Duration::from_millis(250)
+}
+
+/// A Redis bus whose server hangs (SIGSTOP) or dies (SIGKILL): the other instance notices
+/// within the bound and serves no replaced value longer (issue 11 point 6: 5.1 s while
+/// `is_coherent()` said true).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_or_dead_bus_bounds_stale_reads_redis() {
+    let heartbeat = Duration::from_millis(100);
+    for signal in ["STOP", "KILL"] {
+        let port = state_test_servers::free_port().unwrap();
+        let server = KillOnDrop(
+            std::process::Command::new(env("STATE_REDIS_SERVER_BIN"))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bus = || async {
+            Arc::new(
+                RedisStateBackend::new(
+                    RedisConfig::builder()
+                        .url(format!("redis://127.0.0.1:{port}"))
+                        .build()
+                        .unwrap(),
+                )
+                .await
+                .unwrap(),
+            ) as Arc<dyn InvalidationBus>
+        };
+        let pid = server.0.id();
+        let longest = stale_window_after_bus_failure(bus().await, bus().await, heartbeat, || {
+            signal_tree(pid, signal);
+        })
+        .await;
+        eprintln!("redis bus SIG{signal}: longest stale read {longest:?}");
+        assert!(longest < bound(heartbeat), "SIG{signal}: {longest:?}");
+        if signal == "STOP" {
+            signal_tree(pid, "CONT");
+        }
+        drop(server);
+    }
+}
+
+/// A child process killed (after a SIGCONT, in case it was stopped) when dropped, also when
+/// the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same with the PostgreSQL (LISTEN/NOTIFY) bus: the postmaster and its backends hung,
+/// then killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_or_dead_bus_bounds_stale_reads_postgres() {
+    let heartbeat = Duration::from_millis(100);
+    for signal in ["STOP", "KILL"] {
+        let mut server = tokio::task::spawn_blocking(|| {
+            state_test_servers::postgres::PostgresServer::temp("bus")
+        })
+        .await
+        .unwrap()
+        .expect("a throwaway PostgreSQL");
+        let url = server.url();
+        let table = format!("bus_{}", state_testkit::unique_namespace());
+        let bus = || async {
+            Arc::new(
+                state_postgres::PostgresStateBackend::with_config(
+                    state_postgres::PostgresConfig::builder()
+                        .url(&url)
+                        .table(table.as_str())
+                        .command_timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap(),
+                )
+                .await
+                .unwrap(),
+            ) as Arc<dyn InvalidationBus>
+        };
+        let pid = server.pid().expect("running");
+        let longest = stale_window_after_bus_failure(bus().await, bus().await, heartbeat, || {
+            signal_tree(pid, signal);
+        })
+        .await;
+        eprintln!("postgres bus SIG{signal}: longest stale read {longest:?}");
+        assert!(longest < bound(heartbeat), "SIG{signal}: {longest:?}");
+        if signal == "STOP" {
+            signal_tree(pid, "CONT");
+        }
+        server.kill();
+    }
+}
