@@ -202,7 +202,8 @@ impl LockOptions {
     }
 
     /// Deadline of one lock operation against the server (default 2 s): past it the call
-    /// fails with a retryable `Timeout`, never hangs. Renewal calls are also cut off at the
+    /// fails with `OutcomeUnknown` (the server may still apply it; an acquisition that may
+    /// have been granted is released in the background), never hangs. Renewal calls are also cut off at the
     /// guard's local deadline.
     pub fn op_timeout(mut self, timeout: Duration) -> StateResult<Self> {
         if timeout.is_zero() {
@@ -277,7 +278,6 @@ pub fn check_ttl(ttl: Duration) -> StateResult<()> {
     Ok(())
 }
 
-/// Runs `fut` under `timeout`, mapping the deadline to a retryable `Timeout` for `op`.
 /// An acquisition in flight. If it ends without a definite answer (a timeout, an error, or
 /// the caller dropping the future) the server may still have granted it to an owner nobody
 /// knows; dropping the attempt then releases by that owner in the background (best effort,
@@ -315,6 +315,9 @@ impl Drop for Attempt {
     }
 }
 
+/// Runs `fut` under `timeout`, mapping the deadline to a retryable `Timeout` for `"connect"`
+/// and to `OutcomeUnknown` for the lease calls (acquire, renew, release), which may have been
+/// applied by the server after the deadline.
 pub(crate) async fn within<T>(
     timeout: Duration,
     op: &'static str,
@@ -322,8 +325,14 @@ pub(crate) async fn within<T>(
 ) -> StateResult<T> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result.map_err(|e| e.with_operation(op)),
-        Err(_) => Err(StateError::timeout(format!(
+        // Connecting changes nothing; a lease call that was sent may have been applied.
+        Err(_) if op == "connect" => Err(StateError::timeout(format!(
             "the lock server did not answer within {timeout:?}"
+        ))
+        .with_operation(op)),
+        Err(_) => Err(StateError::outcome_unknown(format!(
+            "the lock server did not answer within {timeout:?}; the call may or may not have \
+             been applied"
         ))
         .with_operation(op)),
     }
