@@ -8,6 +8,9 @@
 //! - [`ProxyFault::ReplyLostThenReset`] (one shot): the next chunk a client sends is forwarded,
 //!   the server's reply is swallowed, then the client's connection is reset (`RST`). The
 //!   command ran; the client never hears of it.
+//! - [`ProxyFault::ReplyLostThenResetOn`] (one shot): the same, for the first client chunk
+//!   that contains a byte pattern (a command name: `b"DEL"`, `b"COMMIT"`), so the fault hits
+//!   one step of a multi-command operation.
 //! - [`ProxyFault::Blackhole`]: client bytes are forwarded, nothing comes back, connections
 //!   stay open (a hung server or a one-way partition).
 //! - [`ProxyFault::ResetAfterBytes`] (one shot): after that many more bytes (either way), the
@@ -72,6 +75,9 @@ pub enum ProxyFault {
     /// One shot: forward the next chunk a client sends, swallow the server's reply, then
     /// reset that client's connection. Afterwards the proxy goes back to [`ProxyFault::None`].
     ReplyLostThenReset,
+    /// One shot: like [`ProxyFault::ReplyLostThenReset`], for the first chunk a client sends
+    /// that contains this byte pattern; other chunks pass untouched until then.
+    ReplyLostThenResetOn(&'static [u8]),
     /// Forward what clients send; forward nothing back; keep every connection open.
     Blackhole,
     /// One shot: forward this many more bytes (both directions counted together), then reset
@@ -92,10 +98,17 @@ impl Shared {
         *self.fault.lock().expect("fault lock")
     }
 
-    /// Takes the one-shot `ReplyLostThenReset`, if armed.
-    fn take_reply_lost(&self) -> bool {
+    /// Takes the one-shot `ReplyLostThenReset[On]`, if armed (and `chunk` matches).
+    fn take_reply_lost(&self, chunk: &[u8]) -> bool {
         let mut fault = self.fault.lock().expect("fault lock");
-        if *fault == ProxyFault::ReplyLostThenReset {
+        let hit = match *fault {
+            ProxyFault::ReplyLostThenReset => true,
+            ProxyFault::ReplyLostThenResetOn(pattern) => {
+                !pattern.is_empty() && chunk.windows(pattern.len()).any(|w| w == pattern)
+            }
+            _ => false,
+        };
+        if hit {
             *fault = ProxyFault::None;
             self.fired.fetch_add(1, Ordering::SeqCst);
             true
@@ -235,7 +248,7 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                if shared.take_reply_lost() {
+                if shared.take_reply_lost(&from_client[..n]) {
                     if server.write_all(&from_client[..n]).await.is_err() {
                         reset(client);
                         return;
@@ -381,6 +394,19 @@ mod tests {
         // A new connection works again.
         let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(roundtrip(&mut c, b"three").await.unwrap(), b"re:three");
+    }
+
+    #[tokio::test]
+    async fn reply_lost_on_a_pattern_waits_for_a_matching_chunk() {
+        let (up, received) = upstream().await;
+        let proxy = FaultProxy::start(up).await.unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        proxy.set_fault(ProxyFault::ReplyLostThenResetOn(b"DEL"));
+        assert_eq!(roundtrip(&mut c, b"GET k").await.unwrap(), b"re:GET k");
+        assert_eq!(proxy.faults_fired(), 0);
+        assert!(roundtrip(&mut c, b"DEL k").await.is_err());
+        assert_eq!(received.load(Ordering::SeqCst), 10);
+        assert_eq!(proxy.faults_fired(), 1);
     }
 
     #[tokio::test]
