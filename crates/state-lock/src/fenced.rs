@@ -228,7 +228,7 @@ async fn pg_put(
         let written: i64 = client
             .query_one(&stmt, &[&fence.lock(), &token, &key, &value, &ttl_ms])
             .await
-            .map_err(|e| map_pg(e).with_operation("put_fenced"))?
+            .map_err(|e| state_postgres::map_write_error(e).with_operation("put_fenced"))?
             .get(0);
         return Ok(written == 1);
     }
