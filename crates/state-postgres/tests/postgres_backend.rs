@@ -365,7 +365,10 @@ async fn serializable_conflict_is_retryable() {
     let err = second.unwrap_err();
     // The whole transaction can be run again, not the failed call alone.
     assert_eq!(err.kind(), ErrorKind::ConditionNotMatch, "{err}");
-    assert!(err.to_string().contains("retry the whole transaction"), "{err}");
+    assert!(
+        err.to_string().contains("retry the whole transaction"),
+        "{err}"
+    );
     assert!(!err.is_retryable(), "{err}");
     assert_eq!(b.get(b"n").await.unwrap(), Some(Bytes::from_static(b"1")));
 }
