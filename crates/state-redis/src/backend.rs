@@ -211,7 +211,7 @@ impl RedisStateBackend {
     }
 
     /// Subscribes to `channel` (within this backend's prefix) on a connection of its own;
-    /// see [`Subscription`] for delivery guarantees.
+    /// see [`Subscription`](crate::Subscription) for delivery guarantees.
     pub async fn subscribe(&self, channel: &str) -> StateResult<crate::Subscription> {
         crate::Subscription::open(&self.inner.builder, self.channel(channel)).await
     }
