@@ -162,7 +162,7 @@ async fn retry_budget_limits_retries() {
     );
 }
 
-/// A hung call becomes a retryable Timeout error after the deadline.
+/// A hung read becomes a retryable Timeout error after the deadline.
 #[tokio::test]
 async fn timeout_turns_a_hang_into_a_retryable_timeout() {
     let faults = faulty();
