@@ -261,6 +261,42 @@ async fn lost_replies_give_the_truth_or_outcome_unknown() {
     direct.clear().await.unwrap();
 }
 
+/// A server that stops answering (the proxy forwards requests and drops replies): a write
+/// sent before the client-side `command_timeout` passed is `OutcomeUnknown` (and here it was
+/// applied), a read is a retryable `Timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_timeout_after_sending_a_write_is_outcome_unknown() {
+    let name = table("wirehang");
+    let proxy = FaultProxy::start(upstream()).await.unwrap();
+    let config = PostgresConfig::builder()
+        .url(url_via(Some(proxy.port()), "state_wire_hang"))
+        .table(name.as_str())
+        .pool_size(2)
+        .sweep_interval(None)
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let proxied = PostgresStateBackend::with_config(config).await.unwrap();
+    let direct = open(url(), &name).await;
+    proxied.put(b"warm", b"x").await.unwrap();
+    proxied.get(b"warm").await.unwrap();
+    proxy.set_fault(ProxyFault::Blackhole);
+    let err = proxied.put(b"k", b"v").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        direct.get(b"k").await.unwrap(),
+        Some(Bytes::from_static(b"v")),
+        "the server applied it"
+    );
+    let err = proxied.get(b"k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(err.is_retryable());
+    proxy.set_fault(ProxyFault::None);
+    drop(proxied);
+    direct.clear().await.unwrap();
+}
+
 /// A statement that fails inside a transaction (a statement timeout on a row another
 /// transaction locked) marks it failed: later statements and `commit` fail, saying the
 /// transaction was rolled back, and nothing it wrote is visible.

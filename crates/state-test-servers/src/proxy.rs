@@ -12,7 +12,9 @@
 //!   that contains a byte pattern (a command name: `b"DEL"`, `b"COMMIT"`), so the fault hits
 //!   one step of a multi-command operation.
 //! - [`ProxyFault::Blackhole`]: client bytes are forwarded, nothing comes back, connections
-//!   stay open (a hung server or a one-way partition).
+//!   stay open (a hung server or a one-way partition). A connection that lost replies this
+//!   way is reset at its next traffic once the fault ends: its byte stream has a hole a
+//!   client could not resynchronise from (a real network never drops bytes mid-stream).
 //! - [`ProxyFault::ResetAfterBytes`] (one shot): after that many more bytes (either way), the
 //!   connection carrying the last of them is reset; the chunk is cut at the limit.
 //!
@@ -78,7 +80,8 @@ pub enum ProxyFault {
     /// One shot: like [`ProxyFault::ReplyLostThenReset`], for the first chunk a client sends
     /// that contains this byte pattern; other chunks pass untouched until then.
     ReplyLostThenResetOn(&'static [u8]),
-    /// Forward what clients send; forward nothing back; keep every connection open.
+    /// Forward what clients send; forward nothing back; keep every connection open. After the
+    /// fault ends, a connection that lost replies is reset at its next traffic.
     Blackhole,
     /// One shot: forward this many more bytes (both directions counted together), then reset
     /// the connection that carried the last of them. Afterwards back to [`ProxyFault::None`].
@@ -241,6 +244,8 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
     let _ = server.set_nodelay(true);
     let mut from_client = vec![0u8; 16 * 1024];
     let mut from_server = vec![0u8; 16 * 1024];
+    // Replies swallowed by a blackhole: the stream can never be resumed.
+    let mut holed = false;
     loop {
         tokio::select! {
             read = client.read(&mut from_client) => {
@@ -248,6 +253,10 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                if holed && shared.fault() != ProxyFault::Blackhole {
+                    reset(client);
+                    return;
+                }
                 if shared.take_reply_lost(&from_client[..n]) {
                     if server.write_all(&from_client[..n]).await.is_err() {
                         reset(client);
@@ -257,7 +266,7 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
                     reset(client);
                     return;
                 }
-                match forward(&shared, &mut server, &from_client[..n], false).await {
+                match forward(&shared, &mut server, &from_client[..n]).await {
                     Step::Go => {}
                     Step::Reset => { reset(client); return; }
                     Step::Closed => return,
@@ -268,7 +277,15 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                match forward(&shared, &mut client, &from_server[..n], true).await {
+                if shared.fault() == ProxyFault::Blackhole {
+                    holed = true;
+                    continue;
+                }
+                if holed {
+                    reset(client);
+                    return;
+                }
+                match forward(&shared, &mut client, &from_server[..n]).await {
                     Step::Go => {}
                     Step::Reset => { reset(client); return; }
                     Step::Closed => return,
@@ -298,10 +315,9 @@ enum Step {
 }
 
 /// Forwards `chunk` to `to` under the current fault.
-async fn forward(shared: &Shared, to: &mut TcpStream, chunk: &[u8], to_client: bool) -> Step {
+async fn forward(shared: &Shared, to: &mut TcpStream, chunk: &[u8]) -> Step {
     match shared.fault() {
         ProxyFault::Latency(delay) => tokio::time::sleep(delay).await,
-        ProxyFault::Blackhole if to_client => return Step::Go,
         _ => {}
     }
     let (len, then_reset) = shared.spend(chunk.len());
@@ -410,7 +426,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blackhole_forwards_requests_and_keeps_replies() {
+    async fn blackhole_forwards_requests_and_drops_replies() {
         let (up, received) = upstream().await;
         let proxy = FaultProxy::start(up).await.unwrap();
         let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -419,8 +435,15 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(300), roundtrip(&mut c, b"x")).await;
         assert!(answer.is_err(), "no answer while blackholed");
         assert_eq!(received.load(Ordering::SeqCst), 1);
+        // A fresh connection is held open too, and a request on it gets no answer either.
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        let answer =
+            tokio::time::timeout(Duration::from_millis(200), roundtrip(&mut fresh, b"z")).await;
+        assert!(answer.is_err());
         proxy.set_fault(ProxyFault::None);
-        // The connection is still open: the next request gets through.
+        // The connections that lost replies are reset at their next traffic; new ones work.
+        assert!(roundtrip(&mut c, b"y").await.is_err());
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(roundtrip(&mut c, b"y").await.unwrap(), b"re:y");
     }
 
