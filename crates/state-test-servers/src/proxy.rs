@@ -316,9 +316,8 @@ enum Step {
 
 /// Forwards `chunk` to `to` under the current fault.
 async fn forward(shared: &Shared, to: &mut TcpStream, chunk: &[u8]) -> Step {
-    match shared.fault() {
-        ProxyFault::Latency(delay) => tokio::time::sleep(delay).await,
-        _ => {}
+    if let ProxyFault::Latency(delay) = shared.fault() {
+        tokio::time::sleep(delay).await;
     }
     let (len, then_reset) = shared.spend(chunk.len());
     if to.write_all(&chunk[..len]).await.is_err() {
