@@ -281,7 +281,8 @@ pub fn check_ttl(ttl: Duration) -> StateResult<()> {
 /// An acquisition in flight. If it ends without a definite answer (a timeout, an error, or
 /// the caller dropping the future) the server may still have granted it to an owner nobody
 /// knows; dropping the attempt then releases by that owner in the background (best effort,
-/// only with a tokio runtime at hand), so the lock is not blocked for a whole TTL.
+/// retried a few times, only with a tokio runtime at hand), so the lock is not blocked for a
+/// whole TTL.
 pub(crate) struct Attempt {
     core: Option<Arc<dyn DistributedLock>>,
     owner: String,
@@ -309,7 +310,15 @@ impl Drop for Attempt {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let lease = Lease::new(std::mem::take(&mut self.owner), FencingToken::new(0));
             runtime.spawn(async move {
-                let _ = core.release_lease(&lease).await;
+                // Owner-checked, so sending it again is harmless (its answer is ignored): a
+                // release that failed (the connection that lost the acquisition's reply may
+                // still be reconnecting) is tried again, five times in about 1.5 s.
+                for attempt in 0..5u32 {
+                    if core.release_lease(&lease).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
             });
         }
     }
