@@ -57,6 +57,34 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 /// - `clear`, `count`, `list_keys` and `scan` touch only this backend's namespace.
 /// - Deleting a missing key is not an error. `list_keys` and `scan` order is unspecified.
 ///
+/// # Failures, unknown outcomes and cancellation
+///
+/// An answer is either definite or [`crate::ErrorKind::OutcomeUnknown`]:
+///
+/// - `Ok(..)` is the true answer. A backend never turns a failure into a definite-looking
+///   `Ok(false)` / `Ok(None)` / a smaller count (for instance by re-sending a
+///   `set_if_not_exists` whose first copy landed, which then answers `false`).
+/// - An error of any kind but `OutcomeUnknown` from a call that changes state (`put`,
+///   `put_with_ttl`, `delete`, the batches, `clear`, `delete_prefix`, `compare_and_swap`,
+///   `set_if_not_exists`, `get_and_delete`, `restore`) means the call was **not** applied:
+///   [`crate::ErrorKind::Connection`] and [`crate::ErrorKind::Timeout`] then say it failed
+///   before reaching the server (no connection, no pooled connection in time) or was refused.
+///   Multi-step calls that are not atomic (`batch_put` without
+///   [`Capabilities::atomic_batch`], `clear`, `delete_prefix`, `restore`) may have applied a
+///   part before the error.
+/// - `OutcomeUnknown` means the call may or may not have been applied: the connection was
+///   lost with the command in flight, or a deadline passed after it was sent. It is not
+///   retryable by default. A re-send is only safe when it cannot overwrite a later
+///   acknowledged write of another writer and cannot answer against its own first copy, which
+///   holds for none of the operations above; read the key back (or use a unique value, a
+///   fencing token) to learn what happened.
+/// - Reads never report `OutcomeUnknown`: a failed read changed nothing, and is
+///   `Connection`/`Timeout` (retryable).
+///
+/// Dropping a call's future (a caller's timeout, a cancelled task) leaves a write in the same
+/// state as `OutcomeUnknown`: it may or may not have been applied, and the backend does no
+/// further work for it once the drop returns, except what was already sent to a server.
+///
 /// # Examples
 ///
 /// ```

@@ -24,10 +24,26 @@ pub enum ErrorKind {
     ConfigInvalid,
     /// The backend does not implement this operation; see [`crate::Capabilities`].
     Unsupported,
-    /// The server could not be reached, or the connection dropped mid-operation.
+    /// The server could not be reached, or the connection failed before the operation could
+    /// take effect. For a call that changes state, `Connection` means it was **not** applied;
+    /// when it may have been, the error is [`ErrorKind::OutcomeUnknown`].
     Connection,
-    /// The operation did not finish within its deadline.
+    /// The operation did not finish within its deadline. For a call that changes state,
+    /// `Timeout` means it was **not** applied (e.g. no pooled connection within the wait
+    /// timeout); a deadline that passed after the call was sent is
+    /// [`ErrorKind::OutcomeUnknown`].
     Timeout,
+    /// A call that changes state may or may not have been applied: the connection was lost
+    /// while the command was in flight, or a deadline passed after it was sent, so the
+    /// server's answer never arrived.
+    ///
+    /// The caller must not read this as "not applied" (nor as "applied"): read the key back,
+    /// or compare with a unique value or a fencing token, before deciding. Not retryable by
+    /// default ([`StateError::is_retryable`] is `false`): re-sending a write whose first copy
+    /// may have landed can overwrite a later acknowledged write of another writer, and
+    /// re-sending an atomic operation answers against its own first copy. See
+    /// [`crate::StateBackend`]'s contract.
+    OutcomeUnknown,
     /// Credentials were refused or the user lacks a permission.
     PermissionDenied,
     /// A bounded backend is full and refused the write instead of dropping state.
@@ -60,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Connection => "connection error",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::OutcomeUnknown => "outcome unknown",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::CapacityExceeded => "capacity exceeded",
             ErrorKind::ConditionNotMatch => "condition not met",
@@ -143,6 +160,23 @@ impl StateError {
         Self::new(ErrorKind::Timeout, message)
     }
 
+    /// A write-like call may or may not have been applied ([`ErrorKind::OutcomeUnknown`]):
+    /// the connection dropped with the command in flight, or a deadline passed after it was
+    /// sent. Not retryable unless overridden with [`StateError::with_retryable`].
+    ///
+    /// ```
+    /// use state_core::{ErrorKind, StateError};
+    ///
+    /// let err = StateError::outcome_unknown("connection lost after SET NX was sent")
+    ///     .with_operation("set_if_not_exists");
+    /// assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+    /// assert!(err.is_outcome_unknown());
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn outcome_unknown(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::OutcomeUnknown, message)
+    }
+
     /// Data failed validation.
     pub fn corrupted(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Corrupted, message)
@@ -189,12 +223,38 @@ impl StateError {
         self.operation
     }
 
-    /// Whether retrying the same operation may succeed (connection loss, timeout).
+    /// Whether sending the same call again may succeed and is safe as far as the error
+    /// knows: connection loss or a timeout before the call took effect, a server that refused
+    /// it for now (failover, loading).
     ///
-    /// Only idempotent operations should be retried blindly: a `set_if_not_exists` that timed
-    /// out may have been applied.
+    /// [`ErrorKind::OutcomeUnknown`] is not retryable: the first call may have been applied.
+    /// Even for a retryable error, only repeat an atomic operation (`set_if_not_exists`,
+    /// `compare_and_swap`, `get_and_delete`) when the error is definite; a wrapper that
+    /// retries (like `state-layers`' `Retry`) checks both.
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Shorthand for `kind() == ErrorKind::OutcomeUnknown`: the call may or may not have
+    /// been applied.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.kind == ErrorKind::OutcomeUnknown
+    }
+
+    /// Turns a connection loss or timeout of a call that was already sent into
+    /// [`ErrorKind::OutcomeUnknown`] (keeping message, operation and source); other kinds are
+    /// returned unchanged. Backends use it on the write path, where they cannot tell whether
+    /// the server applied the command before the failure.
+    #[must_use]
+    pub fn into_outcome_unknown(self) -> Self {
+        match self.kind {
+            ErrorKind::Connection | ErrorKind::Timeout => Self {
+                kind: ErrorKind::OutcomeUnknown,
+                retryable: false,
+                ..self
+            },
+            _ => self,
+        }
     }
 
     /// Shorthand for `kind() == ErrorKind::Unsupported`.
@@ -274,6 +334,24 @@ mod tests {
                 .with_retryable(false)
                 .is_retryable()
         );
+    }
+
+    #[test]
+    fn outcome_unknown_is_not_retryable() {
+        let err = StateError::outcome_unknown("reply lost");
+        assert!(err.is_outcome_unknown());
+        assert!(!err.is_retryable());
+        assert_eq!(err.to_string(), "outcome unknown: reply lost");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let err = StateError::from(io)
+            .with_operation("put")
+            .into_outcome_unknown();
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+        assert_eq!(err.operation(), Some("put"));
+        assert!(!err.is_retryable());
+        assert!(StdError::source(&err).is_some());
+        let bad = StateError::invalid_input("empty key").into_outcome_unknown();
+        assert_eq!(bad.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

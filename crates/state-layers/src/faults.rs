@@ -23,10 +23,15 @@ pub enum Fault {
     /// inner backend.
     Fail(ErrorKind),
     /// Runs the operation on the inner backend, then reports an error of this kind: the
-    /// "applied, but the answer was lost" case of a timeout or a dropped connection.
+    /// "applied, but the answer was lost" case of a dropped connection. A backend that follows
+    /// the contract reports it as [`ErrorKind::OutcomeUnknown`] for a write.
     FailAfterApply(ErrorKind),
     /// Never answers (until the caller's deadline drops the call).
     Hang,
+    /// Runs the operation on the inner backend, then never answers: the "applied, but the
+    /// answer came too late" case, which a [`crate::Timeout`] in front turns into
+    /// [`ErrorKind::OutcomeUnknown`] for a write.
+    ApplyThenHang,
 }
 
 /// Injects scripted [`Fault`]s into the operations of the inner backend, and counts calls.
@@ -142,6 +147,10 @@ impl FaultInjector {
                 }),
             },
             Some(Fault::Hang) => StateFuture::boxed(futures_util::future::pending()),
+            Some(Fault::ApplyThenHang) => StateFuture::boxed(async move {
+                let _ = f().await;
+                futures_util::future::pending().await
+            }),
         }
     }
 
@@ -158,6 +167,10 @@ impl FaultInjector {
                 Err(Self::error(op, kind))
             }
             Some(Fault::Hang) => futures_util::future::pending().await,
+            Some(Fault::ApplyThenHang) => {
+                let _ = f().await;
+                futures_util::future::pending().await
+            }
         }
     }
 
@@ -169,7 +182,7 @@ impl FaultInjector {
                     Err(Self::error(Op::Scan, kind))
                 }))
             }
-            Some(Fault::Hang) => Box::pin(futures_util::stream::pending()),
+            Some(Fault::Hang | Fault::ApplyThenHang) => Box::pin(futures_util::stream::pending()),
         }
     }
 
@@ -185,6 +198,10 @@ impl FaultInjector {
                 Err(Self::error(Op::Checkpoint, kind))
             }
             Some(Fault::Hang) => futures_util::future::pending().await,
+            Some(Fault::ApplyThenHang) => {
+                let _ = self.inner.checkpoint(writer).await;
+                futures_util::future::pending().await
+            }
         }
     }
 
@@ -200,6 +217,10 @@ impl FaultInjector {
                 Err(Self::error(Op::Restore, kind))
             }
             Some(Fault::Hang) => futures_util::future::pending().await,
+            Some(Fault::ApplyThenHang) => {
+                let _ = self.inner.restore(reader).await;
+                futures_util::future::pending().await
+            }
         }
     }
 

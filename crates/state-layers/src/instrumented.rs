@@ -24,7 +24,7 @@ pub const OPERATIONS_TOTAL: &str = "state_operations_total";
 /// Histogram of operation latency in seconds, labelled `backend`, `op`.
 pub const OPERATION_DURATION_SECONDS: &str = "state_operation_duration_seconds";
 /// Counter of failed operations, labelled `backend`, `op`, `kind` (the [`state_core::ErrorKind`]
-/// in snake case, e.g. `timeout`, `connection`).
+/// in snake case, e.g. `timeout`, `connection`, `outcome_unknown`).
 pub const ERRORS_TOTAL: &str = "state_errors_total";
 /// The `tracing` target of the spans and events (`RUST_LOG=state_layers=debug`).
 pub const TRACING_TARGET: &str = "state_layers";
@@ -243,6 +243,7 @@ fn kind_label(err: &StateError) -> &'static str {
         K::Unsupported => "unsupported",
         K::Connection => "connection",
         K::Timeout => "timeout",
+        K::OutcomeUnknown => "outcome_unknown",
         K::PermissionDenied => "permission_denied",
         K::CapacityExceeded => "capacity_exceeded",
         K::ConditionNotMatch => "condition_not_match",

@@ -120,12 +120,14 @@ impl Op {
         }
     }
 
-    /// Whether sending the operation again after an unknown outcome (a timeout, a dropped
-    /// connection) leaves the store as one successful call would.
+    /// Whether sending the operation twice in a row leaves the store as one call would (with
+    /// no other writer in between).
     ///
     /// Reads, plain writes (`put`, `batch_put`, `put_with_ttl`) and deletes are idempotent:
     /// repeating them converges on the same state (a repeated `delete` may report `false`
-    /// because the first attempt already removed the key). The atomic operations are not:
+    /// because the first attempt already removed the key). That is not enough to re-send one
+    /// whose outcome is unknown: another writer may have written in between (see
+    /// [`Op::changes_state`]). The atomic operations are not idempotent:
     /// a `set_if_not_exists` that timed out may have stored its value, and its retry then
     /// answers `false`, so the caller believes another writer won a lock it holds itself;
     /// a repeated `get_and_delete` loses the value the first attempt removed; a repeated
@@ -138,6 +140,31 @@ impl Op {
                 | Op::SetIfNotExists
                 | Op::GetAndDelete
                 | Op::Checkpoint
+                | Op::Restore
+        )
+    }
+
+    /// Whether the operation can change the stored state: the writes, the deletes, `clear`,
+    /// the atomic operations and `restore`.
+    ///
+    /// After an unknown outcome ([`state_core::ErrorKind::OutcomeUnknown`], or a deadline
+    /// that passed after the call was sent) none of these may be sent again blindly, not even
+    /// the idempotent ones: the first copy may have landed, another writer's write may have
+    /// been acknowledged since, and the re-sent copy would overwrite (or delete) it. A read,
+    /// `health_check`, `memory_usage` and `flush` change nothing and may always be re-sent.
+    pub const fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Op::Put
+                | Op::Delete
+                | Op::Clear
+                | Op::BatchPut
+                | Op::BatchDelete
+                | Op::PutWithTtl
+                | Op::CompareAndSwap
+                | Op::SetIfNotExists
+                | Op::GetAndDelete
+                | Op::DeletePrefix
                 | Op::Restore
         )
     }
@@ -178,5 +205,28 @@ mod tests {
         assert!(!Op::GetAndDelete.is_idempotent());
         assert!(Op::SetIfNotExists.is_replayable());
         assert!(!Op::Restore.is_replayable());
+    }
+
+    #[test]
+    fn reads_do_not_change_state() {
+        for op in Op::ALL {
+            let read = matches!(
+                op,
+                Op::Get
+                    | Op::Contains
+                    | Op::ListKeys
+                    | Op::Count
+                    | Op::BatchGet
+                    | Op::Ttl
+                    | Op::GetWithTtl
+                    | Op::GetForCache
+                    | Op::Scan
+                    | Op::Checkpoint
+                    | Op::HealthCheck
+                    | Op::MemoryUsage
+                    | Op::Flush
+            );
+            assert_eq!(op.changes_state(), !read, "{op}");
+        }
     }
 }

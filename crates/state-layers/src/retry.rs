@@ -91,14 +91,28 @@ impl Bucket {
 ///
 /// An attempt is repeated only when
 ///
-/// 1. the error says a retry can help ([`StateError::is_retryable`]: connection loss,
-///    timeouts; never invalid input, auth or corruption), and
+/// 1. the error is definite and says a retry can help ([`StateError::is_retryable`]:
+///    connection loss or a timeout *before* the call took effect, a server refusing it for
+///    now; never invalid input, auth or corruption), and
 /// 2. the operation is idempotent ([`Op::is_idempotent`]), unless
 ///    [`Retry::retry_non_idempotent`] opted in, and
 /// 3. the backoff has attempts left and the budget has a token.
 ///
+/// **A write whose outcome is unknown is never sent again by default.** When the error is
+/// [`state_core::ErrorKind::OutcomeUnknown`] (the connection dropped with the command in
+/// flight, a [`crate::Timeout`] deadline passed after it was sent), an operation that changes
+/// state ([`Op::changes_state`]: `put`, `put_with_ttl`, `delete`, the batches, `clear`,
+/// `delete_prefix`, the atomic operations) is returned to the caller as is, even the
+/// idempotent ones. The first copy may have landed and another writer's `put(k, v2)` may have
+/// been acknowledged since; a re-sent `put(k, v1)` would then overwrite it (an acknowledged
+/// write lost), a re-sent `delete` or `clear` would remove it. Reads (and `flush`,
+/// `health_check`) are re-sent whatever the error, since they change nothing.
+/// [`Retry::retry_unknown_outcomes`] opts in, for callers whose writes cannot race (a single
+/// writer per key) or carry their own version.
+///
 /// **Why atomic operations are not retried by default.** A timeout or a dropped connection
-/// says nothing about whether the server applied the call. A `set_if_not_exists` that stored
+/// reported by a backend that does not follow the contract's outcome rule says nothing about
+/// whether the server applied the call. A `set_if_not_exists` that stored
 /// its value but whose answer was lost is, when retried, refused by its own earlier write:
 /// the retry answers `false`, and a caller taking a lock concludes another process holds the
 /// lock it holds itself (the lock then leaks until its TTL). `get_and_delete` retried after
@@ -107,9 +121,10 @@ impl Bucket {
 /// use a fencing token). `checkpoint` and `restore` are never retried: their writer or reader
 /// has been consumed.
 ///
-/// Idempotent writes keep their *effect* when retried, not always their *answer*: a `delete`
-/// (or `batch_delete`, `delete_prefix`) whose first attempt applied but whose reply was lost
-/// reports `false` (or a smaller count) on the retry, because the key is already gone.
+/// Idempotent writes keep their *effect* when retried after a definite error, not always
+/// their *answer*: a backend that reports a lost reply as `Connection` (against the contract)
+/// makes a retried `delete` report `false` (or a smaller count for `batch_delete`,
+/// `delete_prefix`), because the key is already gone.
 ///
 /// The success path costs one budget load; an in-process inner backend is called without
 /// boxing a future. Put [`crate::Timeout`] inside the retry so each attempt has a deadline.
@@ -139,6 +154,7 @@ pub struct Retry {
     backoff: ExponentialBuilder,
     budget: Bucket,
     non_idempotent: bool,
+    unknown_outcomes: bool,
     retries: AtomicU64,
     gave_up: AtomicU64,
     budget_exhausted: AtomicU64,
@@ -159,6 +175,7 @@ impl Retry {
                 .with_jitter(),
             budget: Bucket::new(RetryBudget::default()),
             non_idempotent: false,
+            unknown_outcomes: false,
             retries: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
@@ -179,12 +196,29 @@ impl Retry {
         self
     }
 
-    /// Also retries `set_if_not_exists`, `compare_and_swap` and `get_and_delete` (never
-    /// `checkpoint`/`restore`). Only safe when a repeated answer can be told apart, e.g. the
-    /// value written carries a unique token the caller reads back; see the type docs.
+    /// Also retries `set_if_not_exists`, `compare_and_swap` and `get_and_delete` after a
+    /// definite retryable error (never `checkpoint`/`restore`). Only safe when a repeated
+    /// answer can be told apart, e.g. the value written carries a unique token the caller
+    /// reads back; see the type docs. After an unknown outcome they are re-sent only when
+    /// [`Retry::retry_unknown_outcomes`] is also on.
     #[must_use]
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.non_idempotent = yes;
+        self
+    }
+
+    /// Also re-sends operations that change state after
+    /// [`state_core::ErrorKind::OutcomeUnknown`] (off by default): the idempotent writes
+    /// (`put`, `put_with_ttl`, `batch_put`, deletes, `delete_prefix`, `clear`), and the
+    /// atomic ones when [`Retry::retry_non_idempotent`] is on too.
+    ///
+    /// Only safe when no other writer can write the same keys in between: a re-sent
+    /// `put(k, v1)` whose first copy landed overwrites another writer's `put(k, v2)`
+    /// acknowledged meanwhile, and the store ends at `v1` although `v2` was acknowledged
+    /// after `v1` was first applied.
+    #[must_use]
+    pub fn retry_unknown_outcomes(mut self, yes: bool) -> Self {
+        self.unknown_outcomes = yes;
         self
     }
 
@@ -201,7 +235,15 @@ impl Retry {
     /// Whether a failure of `op` with `err` may be retried under this policy (ignoring the
     /// backoff and the budget).
     pub fn may_retry(&self, op: Op, err: &StateError) -> bool {
-        err.is_retryable() && op.is_replayable() && (self.non_idempotent || op.is_idempotent())
+        if !op.is_replayable() {
+            return false;
+        }
+        let allowed_op = self.non_idempotent || op.is_idempotent();
+        if err.is_outcome_unknown() {
+            // A read changed nothing, so it may be sent again whatever the backend said.
+            return !op.changes_state() || (self.unknown_outcomes && allowed_op);
+        }
+        err.is_retryable() && allowed_op
     }
 
     async fn retry_loop<'a, T, F, Fut>(&'a self, op: Op, f: F, first: StateError) -> StateResult<T>
@@ -317,6 +359,36 @@ forward_backend!(Retry);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use state_core::ErrorKind;
+
+    #[test]
+    fn unknown_outcomes_of_writes_are_not_retried_unless_opted_in() {
+        let unknown = StateError::outcome_unknown("reply lost");
+        let lost = StateError::connection("refused");
+        let inner: Arc<dyn StateBackend> = Arc::new(state_memory::MemoryStateBackend::new(None));
+        let default = Retry::new(inner.clone());
+        for op in Op::ALL {
+            let expected = op.is_replayable() && !op.changes_state();
+            assert_eq!(default.may_retry(op, &unknown), expected, "{op}");
+            assert_eq!(
+                default.may_retry(op, &lost),
+                op.is_replayable() && op.is_idempotent(),
+                "{op}"
+            );
+        }
+        let opted = Retry::new(inner.clone()).retry_unknown_outcomes(true);
+        assert!(opted.may_retry(Op::Put, &unknown));
+        assert!(opted.may_retry(Op::Clear, &unknown));
+        assert!(!opted.may_retry(Op::SetIfNotExists, &unknown));
+        assert!(!opted.may_retry(Op::Restore, &unknown));
+        let both = Retry::new(inner)
+            .retry_unknown_outcomes(true)
+            .retry_non_idempotent(true);
+        assert!(both.may_retry(Op::CompareAndSwap, &unknown));
+        assert!(!both.may_retry(Op::Checkpoint, &unknown));
+        let refused = StateError::new(ErrorKind::InvalidInput, "empty key");
+        assert!(!both.may_retry(Op::Get, &refused));
+    }
 
     #[test]
     fn budget_spends_and_refills() {

@@ -18,16 +18,18 @@ use crate::forward::forward_backend;
 use crate::util::poll_once;
 
 /// Gives every operation of the inner backend a deadline, so a hung server or a lost
-/// connection surfaces as a retryable [`state_core::ErrorKind::Timeout`] instead of a task
-/// that waits forever.
+/// connection surfaces as an error instead of a task that waits forever: a retryable
+/// [`state_core::ErrorKind::Timeout`] for an operation that changes nothing (reads,
+/// `health_check`, `flush`), and [`state_core::ErrorKind::OutcomeUnknown`] for one that
+/// changes state ([`Op::changes_state`]), since the dropped call may have been applied.
 ///
 /// One deadline applies to every operation except `checkpoint` and `restore`, which scale
 /// with the size of the state and have none unless set with [`Timeout::with_op_timeout`].
 /// For `scan` the deadline bounds the wait for each entry, not the whole scan.
 ///
 /// When the deadline passes, the inner call is dropped. Its effect is then unknown: a write
-/// may or may not have been applied, which is why [`crate::Retry`] only repeats idempotent
-/// operations by default. Put `Timeout` *inside* `Retry` (`Retry::new(Timeout::new(..))`)
+/// may or may not have been applied, which is why it is reported as `OutcomeUnknown` and
+/// [`crate::Retry`] does not send it again unless told to. Put `Timeout` *inside* `Retry` (`Retry::new(Timeout::new(..))`)
 /// so each attempt gets its own deadline.
 ///
 /// ```
@@ -86,7 +88,14 @@ impl Timeout {
     fn expire(&self, op: Op, deadline: Duration) -> StateError {
         self.expired.fetch_add(1, Relaxed);
         tracing::debug!(op = op.name(), ?deadline, "state operation timed out");
-        StateError::timeout(format!("no answer within {deadline:?}")).with_operation(op.name())
+        if op.changes_state() {
+            StateError::outcome_unknown(format!(
+                "no answer within {deadline:?}; the call may or may not have been applied"
+            ))
+            .with_operation(op.name())
+        } else {
+            StateError::timeout(format!("no answer within {deadline:?}")).with_operation(op.name())
+        }
     }
 
     #[inline]

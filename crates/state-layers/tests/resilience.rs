@@ -162,7 +162,7 @@ async fn retry_budget_limits_retries() {
     );
 }
 
-/// A hung call becomes a retryable Timeout error after the deadline.
+/// A hung read becomes a retryable Timeout error after the deadline.
 #[tokio::test]
 async fn timeout_turns_a_hang_into_a_retryable_timeout() {
     let faults = faulty();
@@ -198,19 +198,149 @@ async fn timeout_bounds_each_scan_entry() {
     assert_eq!(items[0].as_ref().unwrap_err().kind(), ErrorKind::Timeout);
 }
 
-/// Retry over Timeout: each attempt has its own deadline, and a hang is retried away.
+/// Retry over Timeout: each attempt has its own deadline, and a hung read is retried away.
 #[tokio::test]
-async fn retry_over_timeout_recovers_from_a_hang() {
+async fn retry_over_timeout_recovers_from_a_hung_read() {
     let faults = faulty();
     let timeout = Arc::new(Timeout::new(faults.clone(), Duration::from_millis(30)));
     let retry = Retry::new(timeout).with_backoff(fast_backoff(2));
-    faults.inject(Some(Op::Put), Fault::Hang);
     retry.put(b"k", b"v").await.unwrap();
-    assert_eq!(faults.calls(Op::Put), 2);
+    faults.inject(Some(Op::Get), Fault::Hang);
     assert_eq!(
         retry.get(b"k").await.unwrap(),
         Some(Bytes::from_static(b"v"))
     );
+    assert_eq!(faults.calls(Op::Get), 2);
+}
+
+/// A write that hangs past the Timeout's deadline has an unknown outcome: Timeout says so,
+/// and Retry does not send it again.
+#[tokio::test]
+async fn retry_over_timeout_does_not_resend_a_hung_write() {
+    let faults = faulty();
+    let timeout = Arc::new(Timeout::new(faults.clone(), Duration::from_millis(30)));
+    let retry = Retry::new(timeout).with_backoff(fast_backoff(2));
+    faults.inject(Some(Op::Put), Fault::Hang);
+    let err = retry.put(b"k", b"v").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+    assert!(!err.is_retryable());
+    assert_eq!(faults.calls(Op::Put), 1);
+    assert_eq!(retry.retries(), 0);
+}
+
+/// Issue 12, point 9: `put(k, v1)` is applied but its answer is lost (a deadline, a dropped
+/// connection); another writer's `put(k, v2)` is acknowledged; a re-sent `put(k, v1)` would
+/// overwrite v2. Retry no longer re-sends it: the caller gets `OutcomeUnknown` and v2 stays.
+/// With the explicit opt-in the old behaviour (and why it is off) shows.
+#[tokio::test]
+async fn retry_never_resends_a_put_whose_outcome_is_unknown() {
+    for (fault, via_timeout) in [
+        (Fault::FailAfterApply(ErrorKind::OutcomeUnknown), false),
+        (Fault::ApplyThenHang, true),
+    ] {
+        for opt_in in [false, true] {
+            let memory = Arc::new(MemoryStateBackend::new(None));
+            let faults = Arc::new(FaultInjector::new(memory.clone()));
+            let inner: Arc<dyn StateBackend> = if via_timeout {
+                Arc::new(Timeout::new(faults.clone(), Duration::from_millis(50)))
+            } else {
+                faults.clone()
+            };
+            // A long first delay leaves room for the other writer between the attempts.
+            let retry = Arc::new(
+                Retry::new(inner)
+                    .with_backoff(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(300))
+                            .with_max_times(2),
+                    )
+                    .retry_unknown_outcomes(opt_in),
+            );
+            faults.inject(Some(Op::Put), fault);
+            let writer = tokio::spawn({
+                let retry = retry.clone();
+                async move { retry.put(b"k", b"v1").await }
+            });
+            // Wait until the first copy landed, then another writer's put is acknowledged.
+            while memory.get(b"k").await.unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            memory.put(b"k", b"v2").await.unwrap();
+            let result = writer.await.unwrap();
+            let end = memory.get(b"k").await.unwrap();
+            if opt_in {
+                result.unwrap();
+                assert_eq!(faults.calls(Op::Put), 2, "opted in: re-sent");
+                assert_eq!(
+                    end,
+                    Some(Bytes::from_static(b"v1")),
+                    "the re-send overwrote the acknowledged v2"
+                );
+            } else {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
+                assert_eq!(faults.calls(Op::Put), 1, "{fault:?}: not re-sent");
+                assert_eq!(end, Some(Bytes::from_static(b"v2")), "{fault:?}");
+                assert_eq!(retry.retries(), 0);
+            }
+        }
+    }
+}
+
+/// No operation that changes state is re-sent after an unknown outcome, idempotent or not
+/// (even with `retry_non_idempotent`); reads are.
+#[tokio::test]
+async fn retry_resends_no_write_after_an_unknown_outcome() {
+    let faults = faulty();
+    let retry = Retry::new(faults.clone())
+        .with_backoff(fast_backoff(3))
+        .retry_non_idempotent(true);
+    let unknown = Fault::FailAfterApply(ErrorKind::OutcomeUnknown);
+    let ops = [
+        Op::Put,
+        Op::PutWithTtl,
+        Op::BatchPut,
+        Op::Delete,
+        Op::BatchDelete,
+        Op::DeletePrefix,
+        Op::Clear,
+        Op::CompareAndSwap,
+        Op::SetIfNotExists,
+        Op::GetAndDelete,
+    ];
+    for op in ops {
+        faults.inject(Some(op), unknown);
+    }
+    let errors = [
+        retry.put(b"a", b"1").await.unwrap_err(),
+        retry
+            .put_with_ttl(b"b", b"1", Duration::from_secs(60))
+            .await
+            .unwrap_err(),
+        retry.batch_put(&[(b"c", b"1")]).await.unwrap_err(),
+        retry.delete(b"a").await.unwrap_err(),
+        retry.batch_delete(&[b"b"]).await.unwrap_err(),
+        retry.delete_prefix(b"c").await.unwrap_err(),
+        retry.clear().await.unwrap_err(),
+        retry
+            .compare_and_swap(b"d", None, Some(b"1"))
+            .await
+            .unwrap_err(),
+        retry.set_if_not_exists(b"e", b"1", None).await.unwrap_err(),
+        retry.get_and_delete(b"d").await.unwrap_err(),
+    ];
+    for (op, err) in ops.iter().zip(&errors) {
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{op}");
+        assert_eq!(faults.calls(*op), 1, "{op} was re-sent");
+    }
+    assert_eq!(retry.retries(), 0);
+    // A read reported as unknown (a backend being careful) is simply read again.
+    faults.inject(Some(Op::Get), Fault::Fail(ErrorKind::OutcomeUnknown));
+    assert_eq!(
+        retry.get(b"e").await.unwrap(),
+        Some(Bytes::from_static(b"1"))
+    );
+    assert_eq!(faults.calls(Op::Get), 2);
 }
 
 /// Two namespaces over one shared backend never see each other's keys, and `clear` of one

@@ -9,7 +9,7 @@ use state_postgres::PostgresStateBackend;
 use state_redis::RedisStateBackend;
 use tokio_postgres::error::SqlState;
 
-use crate::error::{map_fred, map_pg, map_pool};
+use crate::error::{map_pg, map_pool};
 use crate::lock::Fence;
 
 /// Prefix of the Redis hashes that remember the highest token per data key.
@@ -141,17 +141,19 @@ async fn redis_put(
         .map_or_else(String::new, |t| t.as_millis().max(1).to_string());
     let script = SCRIPT.get_or_init(|| Script::from_lua(PUT_FENCED));
     let client = backend.pool().next();
-    let keys: Vec<fred::types::Key> = vec![fence_key.as_slice().into(), full.as_slice().into()];
-    let args: Vec<fred::types::Value> = vec![
-        fred::types::Value::Bytes(full.into()),
-        fence.token().get().to_string().into(),
-        fred::types::Value::Bytes(value.to_vec().into()),
-        ttl.into(),
+    let full = bytes::Bytes::from(full);
+    let keys = vec![bytes::Bytes::from(fence_key), full.clone()];
+    let args = vec![
+        full,
+        bytes::Bytes::from(fence.token().get().to_string()),
+        bytes::Bytes::copy_from_slice(value),
+        bytes::Bytes::from(ttl),
     ];
-    let written: i64 = script
-        .evalsha_with_reload(client, keys, args)
+    // One write: once a newer holder wrote, a re-send is refused (`false`, "stale token")
+    // although its first copy landed.
+    let written: i64 = state_redis::eval_once(client, script, keys, args)
         .await
-        .map_err(|e| map_fred(e).with_operation("put_fenced"))?;
+        .map_err(|e| e.with_operation("put_fenced"))?;
     Ok(written == 1)
 }
 
@@ -226,7 +228,7 @@ async fn pg_put(
         let written: i64 = client
             .query_one(&stmt, &[&fence.lock(), &token, &key, &value, &ttl_ms])
             .await
-            .map_err(|e| map_pg(e).with_operation("put_fenced"))?
+            .map_err(|e| state_postgres::map_write_error(e).with_operation("put_fenced"))?
             .get(0);
         return Ok(written == 1);
     }

@@ -202,7 +202,8 @@ impl LockOptions {
     }
 
     /// Deadline of one lock operation against the server (default 2 s): past it the call
-    /// fails with a retryable `Timeout`, never hangs. Renewal calls are also cut off at the
+    /// fails with `OutcomeUnknown` (the server may still apply it; an acquisition that may
+    /// have been granted is released in the background), never hangs. Renewal calls are also cut off at the
     /// guard's local deadline.
     pub fn op_timeout(mut self, timeout: Duration) -> StateResult<Self> {
         if timeout.is_zero() {
@@ -277,11 +278,11 @@ pub fn check_ttl(ttl: Duration) -> StateResult<()> {
     Ok(())
 }
 
-/// Runs `fut` under `timeout`, mapping the deadline to a retryable `Timeout` for `op`.
 /// An acquisition in flight. If it ends without a definite answer (a timeout, an error, or
 /// the caller dropping the future) the server may still have granted it to an owner nobody
 /// knows; dropping the attempt then releases by that owner in the background (best effort,
-/// only with a tokio runtime at hand), so the lock is not blocked for a whole TTL.
+/// retried a few times, only with a tokio runtime at hand), so the lock is not blocked for a
+/// whole TTL.
 pub(crate) struct Attempt {
     core: Option<Arc<dyn DistributedLock>>,
     owner: String,
@@ -309,12 +310,23 @@ impl Drop for Attempt {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let lease = Lease::new(std::mem::take(&mut self.owner), FencingToken::new(0));
             runtime.spawn(async move {
-                let _ = core.release_lease(&lease).await;
+                // Owner-checked, so sending it again is harmless (its answer is ignored): a
+                // release that failed (the connection that lost the acquisition's reply may
+                // still be reconnecting) is tried again, five times in about 1.5 s.
+                for attempt in 0..5u32 {
+                    if core.release_lease(&lease).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
             });
         }
     }
 }
 
+/// Runs `fut` under `timeout`, mapping the deadline to a retryable `Timeout` for `"connect"`
+/// and to `OutcomeUnknown` for the lease calls (acquire, renew, release), which may have been
+/// applied by the server after the deadline.
 pub(crate) async fn within<T>(
     timeout: Duration,
     op: &'static str,
@@ -322,8 +334,14 @@ pub(crate) async fn within<T>(
 ) -> StateResult<T> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result.map_err(|e| e.with_operation(op)),
-        Err(_) => Err(StateError::timeout(format!(
+        // Connecting changes nothing; a lease call that was sent may have been applied.
+        Err(_) if op == "connect" => Err(StateError::timeout(format!(
             "the lock server did not answer within {timeout:?}"
+        ))
+        .with_operation(op)),
+        Err(_) => Err(StateError::outcome_unknown(format!(
+            "the lock server did not answer within {timeout:?}; the call may or may not have \
+             been applied"
         ))
         .with_operation(op)),
     }

@@ -9,9 +9,8 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use state_core::{StateError, StateResult};
-use state_redis::{RedisConfig, RedisStateBackend};
+use state_redis::{RedisConfig, RedisStateBackend, eval_once};
 
-use crate::error::map_fred;
 use crate::lock::{
     DistributedLock, FencingToken, Lease, LockOptions, check_name, new_owner_token, within,
 };
@@ -232,6 +231,11 @@ impl RedisLock {
     }
 }
 
+/// A key or argument of a lock script, as bytes.
+fn key(text: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(text.as_bytes())
+}
+
 fn ttl_ms(ttl: Duration) -> i64 {
     // Rounded up: a lease never ends before the caller's TTL.
     ttl.as_micros().div_ceil(1000).clamp(1, i64::MAX as u128) as i64
@@ -259,15 +263,13 @@ impl DistributedLock for RedisCore {
         let client = self.pool.next();
         let attempt = crate::lock::Attempt::new(self.shared(), &owner);
         let token: Option<i64> = within(self.options.timeout(), "acquire", async {
-            self.scripts
-                .acquire
-                .evalsha_with_reload(
-                    client,
-                    vec![self.owner_key.as_str(), self.fence_key.as_str()],
-                    vec![owner.clone(), ttl_ms(ttl).to_string()],
-                )
-                .await
-                .map_err(map_fred)
+            eval_once(
+                client,
+                &self.scripts.acquire,
+                vec![key(&self.owner_key), key(&self.fence_key)],
+                vec![key(&owner), key(&ttl_ms(ttl).to_string())],
+            )
+            .await
         })
         .await?;
         attempt.settled();
@@ -278,15 +280,13 @@ impl DistributedLock for RedisCore {
         crate::lock::check_ttl(ttl)?;
         let client = self.pool.next();
         let n: i64 = within(self.options.timeout(), "renew", async {
-            self.scripts
-                .renew
-                .evalsha_with_reload(
-                    client,
-                    vec![self.owner_key.as_str()],
-                    vec![lease.owner().to_owned(), ttl_ms(ttl).to_string()],
-                )
-                .await
-                .map_err(map_fred)
+            eval_once(
+                client,
+                &self.scripts.renew,
+                vec![key(&self.owner_key)],
+                vec![key(lease.owner()), key(&ttl_ms(ttl).to_string())],
+            )
+            .await
         })
         .await?;
         Ok(n == 1)
@@ -295,15 +295,13 @@ impl DistributedLock for RedisCore {
     async fn release_lease(&self, lease: &Lease) -> StateResult<bool> {
         let client = self.pool.next();
         let n: i64 = within(self.options.timeout(), "release", async {
-            self.scripts
-                .release
-                .evalsha_with_reload(
-                    client,
-                    vec![self.owner_key.as_str()],
-                    vec![lease.owner().to_owned()],
-                )
-                .await
-                .map_err(map_fred)
+            eval_once(
+                client,
+                &self.scripts.release,
+                vec![key(&self.owner_key)],
+                vec![key(lease.owner())],
+            )
+            .await
         })
         .await?;
         Ok(n == 1)

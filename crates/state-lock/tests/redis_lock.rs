@@ -349,8 +349,8 @@ async fn unreachable_server_fails_fast() {
     assert!(!format!("{err} {err:?}").contains("pw-secret"));
 }
 
-/// A server that stops answering (paused): lock calls fail with a retryable Timeout within
-/// the operation deadline, and a held guard reports its lease lost before the TTL is over.
+/// A server that stops answering (paused): lock calls fail with OutcomeUnknown within the
+/// operation deadline, and a held guard reports its lease lost before the TTL is over.
 #[tokio::test(flavor = "multi_thread")]
 async fn paused_server_times_out_and_the_guard_reports_loss_before_expiry() {
     let server = OwnServer::start(false);
@@ -382,8 +382,9 @@ async fn paused_server_times_out_and_the_guard_reports_loss_before_expiry() {
     assert!(!guard.is_held());
     let started = Instant::now();
     let err = lock.try_acquire(ttl).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
-    assert!(err.is_retryable());
+    // The acquire script was written to the paused server, which may still run it.
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
+    assert!(!err.is_retryable());
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",

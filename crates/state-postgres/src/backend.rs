@@ -21,7 +21,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
 use crate::conninfo::ConnTarget;
-use crate::error::{map_pg, map_pool};
+use crate::error::{map_pg, map_pg_write, map_pool};
 use crate::schema::{self, Sql};
 use crate::tls::Connector;
 
@@ -135,6 +135,21 @@ pub(crate) fn build_pool(
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| StateError::config(format!("postgres pool: {e}")))
+}
+
+/// Whether a write's statement has been handed to the connection: before that, a failure
+/// or a deadline means the write was not applied; after it, the outcome is unknown.
+#[derive(Debug, Default)]
+pub(crate) struct Sent(std::sync::atomic::AtomicBool);
+
+impl Sent {
+    fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> Option<i64> {
@@ -273,6 +288,30 @@ impl PostgresStateBackend {
         }
     }
 
+    /// Runs a write under the client-side command timeout. A deadline that passes after the
+    /// statement was sent (`sent`) is `OutcomeUnknown`; before, a retryable `Timeout`.
+    pub(crate) async fn timed_write<T>(
+        &self,
+        op: &'static str,
+        sent: &Sent,
+        fut: impl Future<Output = StateResult<T>>,
+    ) -> StateResult<T> {
+        match tokio::time::timeout(self.inner.config.command_timeout, fut).await {
+            Ok(result) => result.map_err(|e| e.with_operation(op)),
+            Err(_) if sent.is_marked() => Err(StateError::outcome_unknown(format!(
+                "postgres: no answer within command_timeout ({:?}) after the statement was \
+                 sent; it may or may not have been applied",
+                self.inner.config.command_timeout
+            ))
+            .with_operation(op)),
+            Err(_) => Err(StateError::timeout(format!(
+                "postgres: no answer within command_timeout ({:?})",
+                self.inner.config.command_timeout
+            ))
+            .with_operation(op)),
+        }
+    }
+
     pub(crate) async fn primary(&self) -> StateResult<Object> {
         self.inner.primary.get().await.map_err(map_pool)
     }
@@ -283,42 +322,54 @@ impl PostgresStateBackend {
 
     /// Runs a write on the primary; in read-your-writes mode the primary's WAL position
     /// after it is fetched in the same round trip (pipelined) and remembered.
-    async fn write_rows(&self, sql: &str, params: &Params<'_>) -> StateResult<Vec<Row>> {
+    ///
+    /// A connection failure once the statement was sent is `OutcomeUnknown` (its reply may
+    /// have been lost after the server committed it); `sent` records that point.
+    async fn write_rows(
+        &self,
+        sent: &Sent,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> StateResult<Vec<Row>> {
         let client = self.primary().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
         if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
+            sent.mark();
             let (rows, lsn) = futures_util::try_join!(
                 client.query(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
             )
-            .map_err(map_pg)?;
+            .map_err(map_pg_write)?;
             self.inner
                 .written_lsn
                 .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
             Ok(rows)
         } else {
-            client.query(&stmt, params).await.map_err(map_pg)
+            sent.mark();
+            client.query(&stmt, params).await.map_err(map_pg_write)
         }
     }
 
     /// Runs a write and returns the number of rows it changed.
-    async fn write_count(&self, sql: &str, params: &Params<'_>) -> StateResult<u64> {
+    async fn write_count(&self, sent: &Sent, sql: &str, params: &Params<'_>) -> StateResult<u64> {
         let client = self.primary().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
         if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
+            sent.mark();
             let (n, lsn) = futures_util::try_join!(
                 client.execute(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
             )
-            .map_err(map_pg)?;
+            .map_err(map_pg_write)?;
             self.inner
                 .written_lsn
                 .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
             Ok(n)
         } else {
-            client.execute(&stmt, params).await.map_err(map_pg)
+            sent.mark();
+            client.execute(&stmt, params).await.map_err(map_pg_write)
         }
     }
 
@@ -389,15 +440,26 @@ impl PostgresStateBackend {
         ttl_ms(self.inner.config.default_ttl)
     }
 
-    async fn put_inner(&self, key: &[u8], value: &[u8], ttl: Option<i64>) -> StateResult<()> {
-        self.write_count(&self.inner.sql.put, &[&key, &value, &ttl])
+    async fn put_inner(
+        &self,
+        sent: &Sent,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<i64>,
+    ) -> StateResult<()> {
+        self.write_count(sent, &self.inner.sql.put, &[&key, &value, &ttl])
             .await
             .map(|_| ())
     }
 
     /// Writes `entries` (deduplicated, last value wins) in `batch_chunk_rows`-row
     /// `INSERT .. SELECT FROM UNNEST` statements inside one transaction: all or nothing.
-    async fn upsert(&self, entries: &[(&[u8], &[u8])], ttl: Option<i64>) -> StateResult<()> {
+    async fn upsert(
+        &self,
+        sent: &Sent,
+        entries: &[(&[u8], &[u8])],
+        ttl: Option<i64>,
+    ) -> StateResult<()> {
         // ON CONFLICT cannot touch one row twice in a statement: keep the last of duplicates.
         let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(entries.len());
         for (i, (k, _)) in entries.iter().enumerate() {
@@ -417,7 +479,7 @@ impl PostgresStateBackend {
         if unique.len() <= chunk {
             let (keys, values): (Vec<&[u8]>, Vec<&[u8]>) = unique.into_iter().unzip();
             return self
-                .write_count(&self.inner.sql.batch_put, &[&keys, &values, &ttl])
+                .write_count(sent, &self.inner.sql.batch_put, &[&keys, &values, &ttl])
                 .await
                 .map(|_| ());
         }
@@ -433,16 +495,19 @@ impl PostgresStateBackend {
                 .await
                 .map_err(map_pg)?;
         }
+        // Until COMMIT is sent, a failure rolls the transaction back: not applied.
         if self.read_your_writes() {
             let lsn = tx.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
-            tx.commit().await.map_err(map_pg)?;
+            sent.mark();
+            tx.commit().await.map_err(map_pg_write)?;
             // The commit record follows the position read inside the transaction; ask again.
             let lsn_after = client.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
             let lsn = lsn.get::<_, i64>(0).max(lsn_after.get::<_, i64>(0));
             self.inner.written_lsn.fetch_max(lsn, Ordering::AcqRel);
             Ok(())
         } else {
-            tx.commit().await.map_err(map_pg)
+            sent.mark();
+            tx.commit().await.map_err(map_pg_write)
         }
     }
 
@@ -464,10 +529,12 @@ impl PostgresStateBackend {
             return Ok(());
         }
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed(
+            .timed_write(
                 "batch_upsert_with_ttl",
-                self.upsert(entries, ttl_ms(Some(ttl))),
+                &sent,
+                self.upsert(&sent, entries, ttl_ms(Some(ttl))),
             )
             .await;
         self.inner
@@ -596,8 +663,13 @@ impl StateBackend for PostgresStateBackend {
         StateFuture::boxed(async move {
             self.limits().check_entry(key, value)?;
             let timer = self.inner.stats.start();
+            let sent = Sent::default();
             let result = self
-                .timed("put", self.put_inner(key, value, self.default_ttl_ms()))
+                .timed_write(
+                    "put",
+                    &sent,
+                    self.put_inner(&sent, key, value, self.default_ttl_ms()),
+                )
                 .await;
             self.inner.stats.observe(timer, OpKind::Put, 1, &result);
             result
@@ -608,9 +680,12 @@ impl StateBackend for PostgresStateBackend {
         StateFuture::boxed(async move {
             self.limits().check_key(key)?;
             let timer = self.inner.stats.start();
+            let sent = Sent::default();
             let result = self
-                .timed("delete", async {
-                    let rows = self.write_rows(&self.inner.sql.delete, &[&key]).await?;
+                .timed_write("delete", &sent, async {
+                    let rows = self
+                        .write_rows(&sent, &self.inner.sql.delete, &[&key])
+                        .await?;
                     Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
                 })
                 .await;
@@ -643,8 +718,13 @@ impl StateBackend for PostgresStateBackend {
 
     async fn clear(&self) -> StateResult<()> {
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed("clear", self.write_count(&self.inner.sql.clear, &[]))
+            .timed_write(
+                "clear",
+                &sent,
+                self.write_count(&sent, &self.inner.sql.clear, &[]),
+            )
             .await;
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
         result.map(|_| ())
@@ -737,8 +817,13 @@ impl StateBackend for PostgresStateBackend {
             return Ok(());
         }
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed("batch_put", self.upsert(entries, self.default_ttl_ms()))
+            .timed_write(
+                "batch_put",
+                &sent,
+                self.upsert(&sent, entries, self.default_ttl_ms()),
+            )
             .await;
         self.inner
             .stats
@@ -753,11 +838,12 @@ impl StateBackend for PostgresStateBackend {
             return Ok(0);
         }
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed("batch_delete", async {
+            .timed_write("batch_delete", &sent, async {
                 let list: Vec<&[u8]> = keys.to_vec();
                 let rows = self
-                    .write_rows(&self.inner.sql.batch_delete, &[&list])
+                    .write_rows(&sent, &self.inner.sql.batch_delete, &[&list])
                     .await?;
                 Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as usize)
             })
@@ -772,10 +858,12 @@ impl StateBackend for PostgresStateBackend {
         self.limits().check_entry(key, value)?;
         Limits::check_ttl(ttl)?;
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed(
+            .timed_write(
                 "put_with_ttl",
-                self.put_inner(key, value, ttl_ms(Some(ttl))),
+                &sent,
+                self.put_inner(&sent, key, value, ttl_ms(Some(ttl))),
             )
             .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
@@ -830,16 +918,20 @@ impl StateBackend for PostgresStateBackend {
         let timer = self.inner.stats.start();
         let sql = &self.inner.sql;
         let ttl = self.default_ttl_ms();
+        let sent = Sent::default();
         let result = self
-            .timed("compare_and_swap", async {
+            .timed_write("compare_and_swap", &sent, async {
                 let n = match (expected, new) {
                     (Some(old), Some(new)) => {
-                        self.write_count(&sql.swap, &[&key, &new, &ttl, &old])
+                        self.write_count(&sent, &sql.swap, &[&key, &new, &ttl, &old])
                             .await?
                     }
-                    (Some(old), None) => self.write_count(&sql.delete_if, &[&key, &old]).await?,
+                    (Some(old), None) => {
+                        self.write_count(&sent, &sql.delete_if, &[&key, &old])
+                            .await?
+                    }
                     (None, Some(new)) => {
-                        self.write_count(&sql.insert_if_absent, &[&key, &new, &ttl])
+                        self.write_count(&sent, &sql.insert_if_absent, &[&key, &new, &ttl])
                             .await?
                     }
                     (None, None) => {
@@ -870,10 +962,16 @@ impl StateBackend for PostgresStateBackend {
         Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
         let ttl = ttl_ms(ttl).or(self.default_ttl_ms());
+        let sent = Sent::default();
         let result = self
-            .timed(
+            .timed_write(
                 "set_if_not_exists",
-                self.write_count(&self.inner.sql.insert_if_absent, &[&key, &value, &ttl]),
+                &sent,
+                self.write_count(
+                    &sent,
+                    &self.inner.sql.insert_if_absent,
+                    &[&key, &value, &ttl],
+                ),
             )
             .await
             .map(|n| n == 1);
@@ -885,10 +983,11 @@ impl StateBackend for PostgresStateBackend {
     async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
         self.limits().check_key(key)?;
         let timer = self.inner.stats.start();
+        let sent = Sent::default();
         let result = self
-            .timed("get_and_delete", async {
+            .timed_write("get_and_delete", &sent, async {
                 let rows = self
-                    .write_rows(&self.inner.sql.get_and_delete, &[&key])
+                    .write_rows(&sent, &self.inner.sql.get_and_delete, &[&key])
                     .await?;
                 Ok(rows
                     .first()
@@ -906,15 +1005,16 @@ impl StateBackend for PostgresStateBackend {
         let timer = self.inner.stats.start();
         let sql = &self.inner.sql;
         let upper = prefix_upper_bound(prefix);
+        let sent = Sent::default();
         let result = self
-            .timed("delete_prefix", async {
+            .timed_write("delete_prefix", &sent, async {
                 let rows = match (prefix.is_empty(), &upper) {
-                    (true, _) => self.write_rows(&sql.delete_all, &[]).await?,
+                    (true, _) => self.write_rows(&sent, &sql.delete_all, &[]).await?,
                     (false, Some(u)) => {
-                        self.write_rows(&sql.delete_range, &[&prefix, &u.as_slice()])
+                        self.write_rows(&sent, &sql.delete_range, &[&prefix, &u.as_slice()])
                             .await?
                     }
-                    (false, None) => self.write_rows(&sql.delete_from, &[&prefix]).await?,
+                    (false, None) => self.write_rows(&sent, &sql.delete_from, &[&prefix]).await?,
                 };
                 Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as usize)
             })

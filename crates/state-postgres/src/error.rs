@@ -30,6 +30,36 @@ pub fn map_pg(err: tokio_postgres::Error) -> StateError {
         .with_source(err)
 }
 
+/// Maps the error of a write statement that was sent (public for crates that run their own
+/// writes, like [`map_pg`]).
+///
+/// A failure that may hide an applied statement becomes [`ErrorKind::OutcomeUnknown`]: the
+/// connection broke or closed with the statement in flight (no SQLSTATE: I/O, TLS, a closed
+/// client), or the server ended the session (class 08, `57P01`, `57P02`), so its reply (and
+/// maybe its commit) was lost. Every other server error is definite: the statement failed
+/// and its implicit transaction rolled back (a `statement_timeout` cancel, `57014`, stays a
+/// retryable `Timeout`).
+pub fn map_pg_write(err: tokio_postgres::Error) -> StateError {
+    let unsure = match err.code() {
+        None => true,
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+        }
+    };
+    let mapped = map_pg(err);
+    if unsure {
+        StateError::outcome_unknown(format!(
+            "{}; the statement may or may not have been applied",
+            mapped.message()
+        ))
+        .with_source(mapped)
+    } else {
+        mapped
+    }
+}
+
 fn classify(code: &SqlState) -> (ErrorKind, bool) {
     let class = &code.code()[..2];
     if *code == SqlState::QUERY_CANCELED {

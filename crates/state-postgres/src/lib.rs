@@ -16,7 +16,7 @@ pub use config::{
     MAX_TABLE_NAME_LEN, PostgresConfig, PostgresConfigBuilder, RESERVED_TABLE_NAMES,
     ReadConsistency, TableName, TlsMode,
 };
-pub use error::{map_pg as map_error, map_pool as map_pool_error};
+pub use error::{map_pg as map_error, map_pg_write as map_write_error, map_pool as map_pool_error};
 pub use ops::{ReplicationStatus, TableStats};
 pub use pubsub::{MAX_MESSAGE_BYTES, Subscription};
 pub use transaction::PostgresTransaction;

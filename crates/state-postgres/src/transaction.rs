@@ -1,13 +1,15 @@
 //! [`PostgresTransaction`]: several operations that commit or roll back together.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::Object;
-use state_core::{Limits, StateError, StateResult, prefix_upper_bound};
+use state_core::{ErrorKind, Limits, StateError, StateResult, prefix_upper_bound};
 use tokio_postgres::IsolationLevel;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::PostgresStateBackend;
@@ -18,10 +20,31 @@ use crate::error::{map_pg, map_pool};
 /// [`PostgresStateBackend::begin_transaction`].
 ///
 /// Reads see the transaction's own writes; other connections see none of them until
-/// [`PostgresTransaction::commit`]. Dropping it without `commit` rolls it back: with a tokio
-/// runtime at hand a `ROLLBACK` is sent on a spawned task before the connection returns to
-/// the pool; without one the connection is closed instead (PostgreSQL then rolls back), so a
-/// half-done transaction never reaches another caller. `Drop` never panics.
+/// [`PostgresTransaction::commit`].
+///
+/// **Failures.** PostgreSQL aborts a transaction at its first failed statement, so any error
+/// inside it (a statement error, a statement timeout, a lost connection, a statement whose
+/// future was dropped before its answer came) marks the handle failed: its error says "the
+/// transaction is rolled back: retry the whole transaction" and is not retryable (sending
+/// the same statement again cannot succeed), later statements fail at once, and `commit`
+/// returns an error saying the transaction was rolled back instead of reporting success.
+/// `commit` also checks, in the same round trip as `COMMIT`, that the server still has the
+/// transaction open (`SELECT 1` before `COMMIT` fails in an aborted transaction, where a bare
+/// `COMMIT` would silently answer `ROLLBACK`). A `COMMIT` whose reply is lost (connection
+/// dropped, `command_timeout` passed after it was sent) is
+/// [`state_core::ErrorKind::OutcomeUnknown`]: the transaction may or may not have committed.
+///
+/// **Drop and cancellation.** Dropping it without `commit` rolls it back: with a tokio
+/// runtime at hand a `ROLLBACK` is sent on a spawned task, and the connection goes back to
+/// the pool only once the server confirmed it (if the task never runs or the `ROLLBACK`
+/// fails, the connection is closed instead); without a runtime the connection is closed
+/// (PostgreSQL then rolls back). The handle exists before `BEGIN` is sent, so cancelling
+/// [`PostgresStateBackend::begin_transaction`] at any point never returns a connection to the
+/// pool inside a transaction. `Drop` never panics.
+///
+/// tokio-postgres' own `Transaction` was considered: it borrows the connection mutably, so
+/// it cannot live in an owned handle beside the pooled connection, and its `commit` does not
+/// check the reply either.
 ///
 /// ```no_run
 /// use state_postgres::PostgresStateBackend;
@@ -37,6 +60,10 @@ use crate::error::{map_pg, map_pool};
 pub struct PostgresTransaction {
     client: Option<Object>,
     inner: Arc<Inner>,
+    /// The first failure inside the transaction (its kind and message), if any.
+    failure: Mutex<Option<(ErrorKind, String)>>,
+    /// Statements sent and not yet answered (a dropped statement future leaves it raised).
+    in_flight: AtomicUsize,
 }
 
 impl fmt::Debug for PostgresTransaction {
@@ -44,7 +71,31 @@ impl fmt::Debug for PostgresTransaction {
         f.debug_struct("PostgresTransaction")
             .field("table", &self.inner.config.table)
             .field("open", &self.client.is_some())
-            .finish()
+            .field("failed", &self.failed())
+            .field("in_flight", &self.in_flight.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a failed transaction tells the caller.
+const RETRY_WHOLE: &str = "the transaction is rolled back: retry the whole transaction";
+
+/// A pooled connection that must not go back to the pool unless marked clean: dropped dirty,
+/// it is detached from the pool and closed (PostgreSQL rolls back what it had open).
+struct Dirty(Option<Object>);
+
+impl Dirty {
+    fn clean(mut self) {
+        // Dropping the Object returns it to the pool.
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Dirty {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
     }
 }
 
@@ -56,8 +107,8 @@ impl PostgresStateBackend {
     }
 
     /// Starts a transaction at `level`. Under `RepeatableRead` and `Serializable`,
-    /// conflicting transactions fail at commit (or earlier) with a retryable
-    /// `ConditionNotMatch` error: run the whole transaction again.
+    /// conflicting transactions fail at commit (or earlier) with a `ConditionNotMatch` error
+    /// saying to retry the whole transaction (not retryable as a single call).
     pub async fn begin_transaction_with(
         &self,
         level: IsolationLevel,
@@ -70,11 +121,26 @@ impl PostgresStateBackend {
         };
         self.timed("begin_transaction", async {
             let client = self.inner.primary.get().await.map_err(map_pool)?;
-            client.batch_execute(begin).await.map_err(map_pg)?;
-            Ok(PostgresTransaction {
+            // The handle exists before BEGIN is sent: if this future is dropped from here on,
+            // the handle's Drop rolls back, and the connection never reaches the pool inside
+            // the transaction.
+            let mut tx = PostgresTransaction {
                 client: Some(client),
                 inner: Arc::clone(&self.inner),
-            })
+                failure: Mutex::new(None),
+                in_flight: AtomicUsize::new(0),
+            };
+            let sent = tx.client()?.batch_execute(begin).await;
+            match sent {
+                Ok(()) => Ok(tx),
+                Err(err) => {
+                    // The connection's state is unknown: close it rather than reuse it.
+                    if let Some(client) = tx.client.take() {
+                        drop(Object::take(client));
+                    }
+                    Err(map_pg(err))
+                }
+            }
         })
         .await
     }
@@ -94,7 +160,35 @@ impl PostgresTransaction {
     fn client(&self) -> StateResult<&Object> {
         self.client
             .as_ref()
-            .ok_or_else(|| StateError::new(state_core::ErrorKind::Closed, "transaction finished"))
+            .ok_or_else(|| StateError::new(ErrorKind::Closed, "transaction finished"))
+    }
+
+    /// The first failure inside the transaction, if any.
+    fn failed(&self) -> Option<(ErrorKind, String)> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
+    /// Records a failure inside the transaction and returns the caller's error: same kind,
+    /// not retryable, saying the whole transaction must be retried.
+    fn fail(&self, op: &'static str, err: StateError) -> StateError {
+        let mut failure = self.failure.lock().expect("failure lock");
+        if failure.is_none() {
+            *failure = Some((err.kind(), err.to_string()));
+        }
+        StateError::new(err.kind(), format!("{}; {RETRY_WHOLE}", err.message()))
+            .with_operation(op)
+            .with_retryable(false)
+            .with_source(err)
+    }
+
+    /// The error every call of a failed transaction returns.
+    fn rolled_back(op: &'static str, kind: ErrorKind, first: &str) -> StateError {
+        StateError::new(
+            kind,
+            format!("an earlier statement failed ({first}); {RETRY_WHOLE}"),
+        )
+        .with_operation(op)
+        .with_retryable(false)
     }
 
     async fn query(
@@ -103,18 +197,25 @@ impl PostgresTransaction {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> StateResult<Vec<tokio_postgres::Row>> {
+        if let Some((kind, first)) = self.failed() {
+            return Err(Self::rolled_back(op, kind, &first));
+        }
         let client = self.client()?;
+        // Raised until the answer arrives: if this future is dropped in between, the
+        // statement's effect on the transaction is unknown and commit refuses.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let run = async {
             let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
             client.query(&stmt, params).await.map_err(map_pg)
         };
-        match tokio::time::timeout(self.inner.config.command_timeout, run).await {
-            Ok(result) => result.map_err(|e| e.with_operation(op)),
-            Err(_) => Err(
-                StateError::timeout("postgres: no answer within command_timeout")
-                    .with_operation(op),
-            ),
-        }
+        let result = match tokio::time::timeout(self.inner.config.command_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StateError::timeout(
+                "postgres: no answer within command_timeout",
+            )),
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result.map_err(|e| self.fail(op, e))
     }
 
     fn limits(&self) -> &Limits {
@@ -197,10 +298,87 @@ impl PostgresTransaction {
             .collect())
     }
 
-    /// Makes every write of the transaction visible at once. A serialization failure is a
-    /// retryable `ConditionNotMatch` error and nothing was written.
+    /// Makes every write of the transaction visible at once.
+    ///
+    /// Fails without committing, with an error saying the transaction was rolled back, when
+    /// anything inside it failed (or a statement's answer never arrived because its future
+    /// was dropped), or when the server had aborted it. A serialization failure or deadlock
+    /// at commit is a `ConditionNotMatch` error: nothing was written, run the whole
+    /// transaction again. A lost reply to `COMMIT` is `OutcomeUnknown`.
     pub async fn commit(mut self) -> StateResult<()> {
-        self.finish("COMMIT", "commit").await
+        let failed = self.failed().or_else(|| {
+            (self.in_flight.load(Ordering::SeqCst) > 0).then(|| {
+                (
+                    ErrorKind::OutcomeUnknown,
+                    "a statement was cancelled before its answer arrived".to_owned(),
+                )
+            })
+        });
+        if let Some((kind, first)) = failed {
+            let kind = if kind == ErrorKind::OutcomeUnknown {
+                // Rolled back below: the outcome is known now.
+                ErrorKind::ConditionNotMatch
+            } else {
+                kind
+            };
+            let _ = self.finish("ROLLBACK", "commit").await;
+            return Err(Self::rolled_back("commit", kind, &first));
+        }
+        let client = self.client.take().ok_or_else(|| {
+            StateError::new(ErrorKind::Closed, "transaction finished").with_operation("commit")
+        })?;
+        let client = Dirty(Some(client));
+        let conn = client.0.as_ref().expect("just set");
+        // One round trip: `SELECT 1` fails with 25P02 when the server has aborted the
+        // transaction (then COMMIT is not run), so a silent `COMMIT` -> `ROLLBACK` cannot
+        // pass for success.
+        let sent = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            conn.simple_query("SELECT 1; COMMIT"),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                client.clean();
+                Ok(())
+            }
+            Ok(Err(err)) if err.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                let rolled = conn.batch_execute("ROLLBACK").await;
+                if rolled.is_ok() {
+                    client.clean();
+                }
+                Err(Self::rolled_back(
+                    "commit",
+                    ErrorKind::ConditionNotMatch,
+                    "the server had aborted the transaction",
+                ))
+            }
+            Ok(Err(err)) if err.code().is_some() => {
+                // COMMIT itself failed (serialization failure, deferred constraint): the
+                // server ended the transaction with a rollback. The connection is closed
+                // (dropped dirty) all the same.
+                let mapped = map_pg(err);
+                Err(StateError::new(
+                    mapped.kind(),
+                    format!("{}; {RETRY_WHOLE}", mapped.message()),
+                )
+                .with_operation("commit")
+                .with_retryable(false)
+                .with_source(mapped))
+            }
+            Ok(Err(err)) => Err(StateError::outcome_unknown(format!(
+                "postgres: the connection failed with COMMIT in flight ({err}); the \
+                 transaction may or may not have committed"
+            ))
+            .with_operation("commit")
+            .with_source(err)),
+            Err(_) => Err(StateError::outcome_unknown(format!(
+                "postgres: no answer to COMMIT within command_timeout ({:?}); the \
+                 transaction may or may not have committed",
+                self.inner.config.command_timeout
+            ))
+            .with_operation("commit")),
+        }
     }
 
     /// Discards every write of the transaction.
@@ -209,10 +387,13 @@ impl PostgresTransaction {
     }
 
     async fn finish(&mut self, command: &str, op: &'static str) -> StateResult<()> {
-        let client = self.client()?;
+        let client = self.client.take().ok_or_else(|| {
+            StateError::new(ErrorKind::Closed, "transaction finished").with_operation(op)
+        })?;
+        let client = Dirty(Some(client));
         let result = match tokio::time::timeout(
             self.inner.config.command_timeout,
-            client.batch_execute(command),
+            client.0.as_ref().expect("just set").batch_execute(command),
         )
         .await
         {
@@ -222,11 +403,11 @@ impl PostgresTransaction {
                     .with_operation(op),
             ),
         };
-        let client = self.client.take().expect("checked above");
-        if result.is_err() {
-            // The connection's transaction state is unknown: never hand it to another caller.
-            drop(Object::take(client));
+        if result.is_ok() {
+            client.clean();
         }
+        // Otherwise the connection's transaction state is unknown: `client` is dropped dirty
+        // and closed, never handed to another caller.
         result
     }
 }
@@ -236,16 +417,25 @@ impl Drop for PostgresTransaction {
         let Some(client) = self.client.take() else {
             return;
         };
+        let client = Dirty(Some(client));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                // If the task never runs (runtime shutting down), `client` is dropped dirty
+                // and closed: it never reaches the pool inside the transaction.
                 runtime.spawn(async move {
-                    if client.batch_execute("ROLLBACK").await.is_err() {
-                        drop(Object::take(client));
+                    let rolled = client
+                        .0
+                        .as_ref()
+                        .expect("just set")
+                        .batch_execute("ROLLBACK")
+                        .await;
+                    if rolled.is_ok() {
+                        client.clean();
                     }
                 });
             }
             // No runtime: close the connection; the server rolls the transaction back.
-            Err(_) => drop(Object::take(client)),
+            Err(_) => drop(client),
         }
     }
 }

@@ -340,7 +340,7 @@ async fn transactions_are_isolated_until_commit() {
 }
 
 /// Two serializable transactions that read and write the same key: one commits, the other
-/// gets a retryable error and wrote nothing.
+/// gets an error saying to retry the whole transaction, and wrote nothing.
 #[tokio::test]
 async fn serializable_conflict_is_retryable() {
     let b = backend(&table("ser")).await;
@@ -363,7 +363,13 @@ async fn serializable_conflict_is_retryable() {
     }
     .await;
     let err = second.unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    // The whole transaction can be run again, not the failed call alone.
+    assert_eq!(err.kind(), ErrorKind::ConditionNotMatch, "{err}");
+    assert!(
+        err.to_string().contains("retry the whole transaction"),
+        "{err}"
+    );
+    assert!(!err.is_retryable(), "{err}");
     assert_eq!(b.get(b"n").await.unwrap(), Some(Bytes::from_static(b"1")));
 }
 

@@ -18,7 +18,8 @@ use state_core::{
 };
 
 use crate::config::RedisConfig;
-use crate::error::map_fred;
+use crate::error::{map_fred, map_fred_write};
+use crate::once::{eval_once, one_attempt};
 use crate::scripts;
 
 /// Keys asked per SCAN call.
@@ -190,7 +191,7 @@ impl RedisStateBackend {
     }
 
     /// Subscribes to `channel` (within this backend's prefix) on a connection of its own;
-    /// see [`Subscription`] for delivery guarantees.
+    /// see [`Subscription`](crate::Subscription) for delivery guarantees.
     pub async fn subscribe(&self, channel: &str) -> StateResult<crate::Subscription> {
         crate::Subscription::open(&self.inner.builder, self.channel(channel)).await
     }
@@ -295,19 +296,20 @@ impl RedisStateBackend {
             .boxed()
     }
 
-    /// Deletes full keys in slot-aware pipelined `DEL`s; returns how many existed.
+    /// Deletes full keys in slot-aware pipelined `DEL`s, each written once (a re-sent `DEL`
+    /// would count 0 for keys its first copy removed); returns how many existed.
     async fn delete_full(&self, keys: Vec<Bytes>) -> StateResult<usize> {
         if keys.is_empty() {
             return Ok(0);
         }
         let groups = self.groups(keys.into_iter().enumerate().collect());
         let client = self.inner.pool.next();
-        let pipe = client.pipeline();
+        let pipe = client.pipeline().with_options(&one_attempt());
         for group in &groups {
             let keys: Vec<Bytes> = group.iter().map(|(_, k)| k.clone()).collect();
-            let () = pipe.del(keys).await.map_err(map_fred)?;
+            let () = pipe.del(keys).await.map_err(map_fred_write)?;
         }
-        let counts: Vec<i64> = pipe.all().await.map_err(map_fred)?;
+        let counts: Vec<i64> = pipe.all().await.map_err(map_fred_write)?;
         Ok(counts.into_iter().map(|n| n.max(0) as usize).sum())
     }
 }
@@ -347,7 +349,7 @@ impl StateBackend for RedisStateBackend {
                     false,
                 )
                 .await
-                .map_err(map_fred);
+                .map_err(map_fred_write);
             self.inner.stats.observe(timer, OpKind::Put, 1, &result);
             result.map_err(|e| e.with_operation("put"))
         })
@@ -357,12 +359,15 @@ impl StateBackend for RedisStateBackend {
         StateFuture::boxed(async move {
             self.limits().check_key(key)?;
             let timer = self.inner.stats.start();
+            // One attempt: a re-sent DEL would answer 0 for the key its first copy removed.
             let result: StateResult<i64> = self
                 .inner
                 .pool
+                .next()
+                .with_options(&one_attempt())
                 .del(self.full_key(key))
                 .await
-                .map_err(map_fred);
+                .map_err(map_fred_write);
             self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
             Ok(result.map_err(|e| e.with_operation("delete"))? > 0)
         })
@@ -501,7 +506,7 @@ impl StateBackend for RedisStateBackend {
                             false,
                         )
                         .await
-                        .map_err(map_fred)?;
+                        .map_err(map_fred_write)?;
                 }
             } else {
                 let groups = self.groups(
@@ -517,10 +522,10 @@ impl StateBackend for RedisStateBackend {
                         .into_iter()
                         .map(|(i, k)| (k, Bytes::copy_from_slice(entries[i].1)))
                         .collect();
-                    let () = pipe.mset(pairs).await.map_err(map_fred)?;
+                    let () = pipe.mset(pairs).await.map_err(map_fred_write)?;
                 }
             }
-            let _: Vec<Value> = pipe.all().await.map_err(map_fred)?;
+            let _: Vec<Value> = pipe.all().await.map_err(map_fred_write)?;
             Ok(())
         }
         .await;
@@ -559,7 +564,7 @@ impl StateBackend for RedisStateBackend {
                 false,
             )
             .await
-            .map_err(map_fred);
+            .map_err(map_fred_write);
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result.map_err(|e| e.with_operation("put_with_ttl"))
     }
@@ -622,12 +627,14 @@ impl StateBackend for RedisStateBackend {
             Bytes::copy_from_slice(new.unwrap_or_default()),
             ttl,
         ];
-        let result: StateResult<i64> = self
-            .inner
-            .cas
-            .evalsha_with_reload(self.inner.pool.next(), vec![self.full_key(key)], args)
-            .await
-            .map_err(map_fred);
+        // One attempt: a re-sent swap would compare against its own first copy's write.
+        let result: StateResult<i64> = eval_once(
+            self.inner.pool.next(),
+            &self.inner.cas,
+            vec![self.full_key(key)],
+            args,
+        )
+        .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         Ok(result.map_err(|e| e.with_operation("compare_and_swap"))? == 1)
     }
@@ -641,9 +648,12 @@ impl StateBackend for RedisStateBackend {
         self.limits().check_entry(key, value)?;
         Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
+        // One attempt: a re-sent SET NX would be refused by its own first copy.
         let result: StateResult<Option<()>> = self
             .inner
             .pool
+            .next()
+            .with_options(&one_attempt())
             .set(
                 self.full_key(key),
                 Bytes::copy_from_slice(value),
@@ -652,7 +662,7 @@ impl StateBackend for RedisStateBackend {
                 false,
             )
             .await
-            .map_err(map_fred);
+            .map_err(map_fred_write);
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         Ok(result
             .map_err(|e| e.with_operation("set_if_not_exists"))?
@@ -662,12 +672,15 @@ impl StateBackend for RedisStateBackend {
     async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
         self.limits().check_key(key)?;
         let timer = self.inner.stats.start();
+        // One attempt: a re-sent GETDEL would answer None, and the value would be gone.
         let result: StateResult<Option<Bytes>> = self
             .inner
             .pool
+            .next()
+            .with_options(&one_attempt())
             .getdel(self.full_key(key))
             .await
-            .map_err(map_fred);
+            .map_err(map_fred_write);
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
         result.map_err(|e| e.with_operation("get_and_delete"))
     }

@@ -311,8 +311,29 @@ impl RedisConfigBuilder {
         self
     }
 
-    /// Reconnection attempts (exponential backoff) before a connection error is returned,
-    /// and retries of idempotent commands interrupted by a reconnect.
+    /// How many times fred may write a command that is safe to send again (default 3; 0
+    /// counts as 1), and how many `connect_timeout`s the first connection may take
+    /// (`retries + 1`). fred reconnects forever in the background whatever this says.
+    ///
+    /// **Re-sent** when the connection drops with them in flight, up to this many writes in
+    /// all: the reads (`GET`, `MGET`, `PTTL`, `EXISTS`, `SCAN`, the get-with-TTL script,
+    /// `MEMORY USAGE`) and the plain writes `put`, `put_with_ttl` and `batch_put` (`SET`,
+    /// `SET PX`, `MSET`). A plain write is only re-sent after its connection broke, so its
+    /// first copy either landed before the re-send or never will: the value stored is the
+    /// caller's either way, though a reader may see it, then another writer's value, then it
+    /// again while the call is in flight. If it still fails, the error is
+    /// [`state_core::ErrorKind::OutcomeUnknown`].
+    ///
+    /// **Never re-sent** (one write, whatever this says): `set_if_not_exists` (`SET NX`),
+    /// `get_and_delete` (`GETDEL`), `compare_and_swap` (its Lua script), `delete`,
+    /// `batch_delete`, `delete_prefix` and `clear` (`DEL`, whose count a re-send would
+    /// falsify), and in `state-lock` the lock scripts (acquire, renew, release) and fenced
+    /// writes. A copy that landed would make the re-send answer `false`, `None` or 0 for the
+    /// caller's own write. When such a command's connection drops while it is in flight, or
+    /// `command_timeout` passes after it was written, the call returns
+    /// [`state_core::ErrorKind::OutcomeUnknown`]: read the key back to learn what happened.
+    /// In a Cluster, fred counts a `MOVED`/`ASK` redirection as a write, so during a slot
+    /// migration or a failover such a command can report `OutcomeUnknown` too.
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -330,7 +351,9 @@ impl RedisConfigBuilder {
         self
     }
 
-    /// How long one command may take before it fails with a retryable `Timeout` (default 5 s).
+    /// How long one command may take before it fails (default 5 s): a retryable `Timeout` for
+    /// a read, [`state_core::ErrorKind::OutcomeUnknown`] for a write (it was written and may
+    /// still be applied).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self

@@ -4,12 +4,14 @@
 mod backend;
 mod config;
 mod error;
+mod once;
 mod pubsub;
 mod scripts;
 
 pub use backend::RedisStateBackend;
 pub use config::{DEFAULT_KEY_PREFIX, RedisConfig, RedisConfigBuilder, Topology};
-pub use error::map_fred as map_error;
+pub use error::{map_fred as map_error, map_fred_write as map_write_error};
+pub use once::{eval_once, one_attempt};
 pub use pubsub::Subscription;
 
 /// The fred version this crate is built on.

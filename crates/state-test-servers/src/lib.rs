@@ -1,4 +1,5 @@
-//! Throwaway database servers for integration tests, std only.
+//! Throwaway database servers for integration tests (std only), and a fault-injecting TCP
+//! proxy (tokio) to put in front of them.
 //!
 //! Each server runs as a child process on a free loopback port with its data under the
 //! workspace's `target/test-servers/` (or a directory the caller picks), and is stopped and
@@ -7,6 +8,7 @@
 //! want to crash, restart or reconfigure.
 //!
 //! - [`postgres`]: PostgreSQL primaries and streaming replicas ([`postgres::PostgresServer`]).
+//! - [`proxy`]: a fault-injecting TCP proxy (tokio) to put in front of any of them.
 //!
 //! Running as root (CI containers): PostgreSQL refuses to run as root, so the server
 //! processes run as the `postgres` system user (created as `state-pg` when missing), and
@@ -19,6 +21,7 @@ use std::net::TcpListener;
 use std::path::Path;
 
 pub mod postgres;
+pub mod proxy;
 mod sys;
 pub mod tls;
 

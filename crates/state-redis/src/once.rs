@@ -1,0 +1,67 @@
+//! Commands that change state in a way a re-send could falsify, sent with one write attempt.
+//!
+//! fred re-writes a command that was in flight when its connection dropped, up to
+//! `max_command_attempts` times (this crate's [`crate::RedisConfigBuilder::max_retries`]).
+//! For `SET NX`, `GETDEL`, a `DEL` whose count is returned or a compare-and-swap script that
+//! landed before the connection dropped, the re-sent copy answers against the first copy's
+//! effect (`false`, `None`, 0), and the caller gets a wrong definite answer. These commands go
+//! out with fred's per-command [`Options`] `max_attempts: Some(1)`, and their failure is
+//! mapped by [`crate::map_write_error`] ([`state_core::ErrorKind::OutcomeUnknown`] when the
+//! command may have been applied).
+
+use bytes::Bytes;
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::config::Options;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
+use state_core::StateResult;
+
+use crate::error::{map_fred, map_fred_write};
+
+/// fred per-command options for one write attempt: the command is never re-sent after a
+/// connection drop (a `MOVED`/`ASK` redirection counts as an attempt in fred 10, so a
+/// redirected single-attempt command reports an unknown outcome too).
+///
+/// Use it as `client.with_options(&one_attempt())`.
+pub fn one_attempt() -> Options {
+    Options {
+        max_attempts: Some(1),
+        ..Options::default()
+    }
+}
+
+/// Runs `script` by `EVALSHA` with one write attempt (loading it with `SCRIPT LOAD` on every
+/// primary and sending it once more on `NOSCRIPT`, which the server answers without running
+/// anything). Keys must share one hash slot in a Cluster; the command goes to the node of the
+/// first key.
+///
+/// Errors are mapped by [`crate::map_write_error`]: a connection lost with the script in
+/// flight, or the command timeout after it was written, is
+/// [`state_core::ErrorKind::OutcomeUnknown`].
+pub async fn eval_once<R: FromValue>(
+    client: &Client,
+    script: &Script,
+    keys: Vec<Bytes>,
+    args: Vec<Bytes>,
+) -> StateResult<R> {
+    let hash = keys.first().map_or(ClusterHash::Random, |first| {
+        ClusterHash::Custom(fred::util::redis_keyslot(first))
+    });
+    let once = client.with_options(&one_attempt());
+    let mut values: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    values.push(Value::from(script.sha1().clone()));
+    values.push(Value::from(keys.len() as i64));
+    values.extend(keys.into_iter().map(Value::Bytes));
+    values.extend(args.into_iter().map(Value::Bytes));
+    let evalsha = || CustomCommand::new_static("EVALSHA", hash.clone(), false);
+    match once.custom::<R, Value>(evalsha(), values.clone()).await {
+        Err(err) if err.details().starts_with("NOSCRIPT") => {
+            script.load(client).await.map_err(map_fred)?;
+            once.custom::<R, Value>(evalsha(), values)
+                .await
+                .map_err(map_fred_write)
+        }
+        result => result.map_err(map_fred_write),
+    }
+}
