@@ -51,7 +51,11 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 /// - An expired key is invisible at once to every read (`get`, `contains`, `list_keys`,
 ///   `count`, `scan`), before any background cleanup. A plain `put` clears a previous TTL unless
 ///   the backend was configured with a default TTL, which it then applies. `ttl()` is `None`
-///   for a key without expiry or a missing key; TTLs keep millisecond precision.
+///   for a key without expiry or a missing key; TTLs keep millisecond precision. A TTL is
+///   accepted from 1 ms to [`crate::MAX_TTL`] (100 years) and is `InvalidInput` outside that
+///   range ([`crate::Limits::check_ttl`]), never a panic or a wrap-around. An expired key is not
+///   counted by `delete`, `batch_delete` or `delete_prefix`, and `set_if_not_exists` on it
+///   stores.
 /// - `set_if_not_exists`, `get_and_delete` and `compare_and_swap` are atomic: of N concurrent
 ///   callers exactly one wins.
 /// - `clear`, `count`, `list_keys` and `scan` touch only this backend's namespace.
@@ -164,7 +168,8 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         Ok(removed)
     }
 
-    /// Stores `value` under `key` for `ttl` (at least 1 ms). Default: unsupported.
+    /// Stores `value` under `key` for `ttl`, from 1 ms to [`crate::MAX_TTL`] (100 years);
+    /// outside that range, [`crate::ErrorKind::InvalidInput`]. Default: unsupported.
     async fn put_with_ttl(&self, _key: &[u8], _value: &[u8], _ttl: Duration) -> StateResult<()> {
         Err(StateError::unsupported("put_with_ttl"))
     }

@@ -19,7 +19,9 @@ pub use backend::{Entry, ScanStream, StateBackend};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, ErrorKind, StateError, StateResult};
 pub use future::StateFuture;
-pub use limits::{DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, Limits, prefix_upper_bound};
+pub use limits::{
+    DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE, Limits, MAX_TTL, MIN_TTL, prefix_upper_bound,
+};
 pub use namespace::{
     MAX_NAMESPACE_LEN, NAMESPACE_DELIMITER, RESERVED_NAMESPACE_MARK, validate_namespace,
     validate_reserved_namespace,

@@ -1,5 +1,7 @@
 //! Key and value size limits, and the checks every backend runs before touching its engine.
 
+use std::time::{Duration, Instant};
+
 use crate::{StateError, StateResult};
 
 /// The default largest key, in bytes, every backend accepts (PostgreSQL's B-tree index caps
@@ -9,10 +11,29 @@ pub const DEFAULT_MAX_KEY_SIZE: usize = 2048;
 /// The default largest value, in bytes.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
 
+/// The shortest TTL every backend accepts: one millisecond, the resolution every backend keeps.
+pub const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// The longest TTL every backend accepts: 100 years of 365 days (3,153,600,000 s,
+/// 3,153,600,000,000 ms).
+///
+/// One rule for every backend, chosen so that each one represents it exactly, with room to
+/// spare: Redis `PX` takes an `i64` of milliseconds (2.9 × 10^8 years), PostgreSQL adds it to
+/// `now()` as an `interval` and must stay below `timestamptz`'s year 294276, sled stores the
+/// expiry as `u64` Unix milliseconds, and `Instant` plus 100 years fits every platform's clock.
+/// A longer TTL is [`crate::ErrorKind::InvalidInput`] on every backend: never a panic, never a
+/// wrap-around to a short TTL. For data that should never expire, write it without a TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Size limits a backend enforces on every write and key lookup.
 ///
 /// Oversized input is refused with [`crate::ErrorKind::InvalidInput`] before it reaches the
 /// engine: never truncated, never a panic.
+///
+/// TTLs follow one rule on every backend, checked by [`Limits::check_ttl`]: from [`MIN_TTL`]
+/// (1 ms) to [`MAX_TTL`] (100 years), both included; anything else is `InvalidInput`.
+/// Backends turn a TTL into an expiry with checked additions ([`Limits::deadline_after`],
+/// [`Limits::expiry_ms_after`]), so no TTL panics or wraps around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest accepted key, in bytes. Keys must also be non-empty.
@@ -91,7 +112,7 @@ impl Limits {
 
     /// Checks an optional TTL (see [`Limits::check_ttl`]).
     #[inline]
-    pub fn check_optional_ttl(ttl: Option<std::time::Duration>) -> StateResult<()> {
+    pub fn check_optional_ttl(ttl: Option<Duration>) -> StateResult<()> {
         ttl.map_or(Ok(()), Self::check_ttl)
     }
 
@@ -108,15 +129,47 @@ impl Limits {
         Ok(())
     }
 
-    /// Checks a TTL: it must be at least one millisecond, the resolution every backend keeps.
+    /// Checks a TTL: from [`MIN_TTL`] (1 ms) to [`MAX_TTL`] (100 years), both included.
+    /// Anything else is [`crate::ErrorKind::InvalidInput`]. Sub-millisecond parts of a valid
+    /// TTL are dropped by backends that keep milliseconds.
     #[inline]
-    pub fn check_ttl(ttl: std::time::Duration) -> StateResult<()> {
-        if ttl.as_millis() == 0 {
+    pub fn check_ttl(ttl: Duration) -> StateResult<()> {
+        if ttl < MIN_TTL {
             return Err(StateError::invalid_input(
                 "ttl must be at least 1 millisecond",
             ));
         }
+        if ttl > MAX_TTL {
+            return Err(StateError::invalid_input(format!(
+                "ttl of {ttl:?} is over the maximum of {} s (100 years); write without a ttl for data that never expires",
+                MAX_TTL.as_secs()
+            )));
+        }
         Ok(())
+    }
+
+    /// The instant `ttl` after `now`, for backends that keep expiries as [`Instant`]s: checks
+    /// the TTL ([`Limits::check_ttl`]) and adds with `checked_add`, so an out-of-range TTL is
+    /// `InvalidInput`, never a panic.
+    #[inline]
+    pub fn deadline_after(now: Instant, ttl: Duration) -> StateResult<Instant> {
+        Self::check_ttl(ttl)?;
+        now.checked_add(ttl).ok_or_else(|| {
+            StateError::invalid_input(format!("ttl of {ttl:?} overflows this platform's clock"))
+        })
+    }
+
+    /// The expiry `ttl` after `now_ms`, in whole milliseconds since an epoch (sled and other
+    /// engines that store expiries as integers): checks the TTL and adds with `checked_add`.
+    #[inline]
+    pub fn expiry_ms_after(now_ms: u64, ttl: Duration) -> StateResult<u64> {
+        Self::check_ttl(ttl)?;
+        u64::try_from(ttl.as_millis())
+            .ok()
+            .and_then(|ms| now_ms.checked_add(ms))
+            .ok_or_else(|| {
+                StateError::invalid_input(format!("ttl of {ttl:?} overflows a u64 of milliseconds"))
+            })
     }
 }
 
@@ -159,6 +212,37 @@ mod tests {
         assert!(limits.check_key(b"abcde").is_err());
         assert!(limits.check_value(b"").is_ok());
         assert!(limits.check_value(&[0; 9]).is_err());
+    }
+
+    #[test]
+    fn ttls_from_1_ms_to_100_years_are_accepted() {
+        assert!(Limits::check_ttl(MIN_TTL).is_ok());
+        assert!(Limits::check_ttl(MAX_TTL).is_ok());
+        assert_eq!(MAX_TTL.as_millis(), 3_153_600_000_000);
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            MAX_TTL + Duration::from_nanos(1),
+            MAX_TTL + Duration::from_millis(1),
+            Duration::MAX,
+        ] {
+            let err = Limits::check_ttl(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deadlines_are_checked_additions() {
+        let now = Instant::now();
+        assert_eq!(Limits::deadline_after(now, MAX_TTL).unwrap(), now + MAX_TTL);
+        assert!(Limits::deadline_after(now, Duration::MAX).is_err());
+        assert_eq!(
+            Limits::expiry_ms_after(1_000, MAX_TTL).unwrap(),
+            1_000 + 3_153_600_000_000
+        );
+        assert!(Limits::expiry_ms_after(1_000, Duration::MAX).is_err());
+        assert!(Limits::expiry_ms_after(u64::MAX, MIN_TTL).is_err());
+        assert!(Limits::expiry_ms_after(0, Duration::ZERO).is_err());
     }
 
     #[test]

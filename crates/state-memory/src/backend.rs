@@ -201,8 +201,13 @@ impl MemoryStateBackend {
         self.inner.sweeper.is_running()
     }
 
-    fn expiry(ttl: Option<Duration>) -> Option<Instant> {
-        ttl.map(|ttl| Instant::now() + ttl)
+    /// The expiry of a write with `ttl`, a checked addition: a TTL outside 1 ms..=[`MAX_TTL`]
+    /// (the configured default TTL included) is `InvalidInput`, never a panic.
+    ///
+    /// [`MAX_TTL`]: state_core::MAX_TTL
+    fn expiry(ttl: Option<Duration>) -> StateResult<Option<Instant>> {
+        ttl.map(|ttl| Limits::deadline_after(Instant::now(), ttl))
+            .transpose()
     }
 
     /// Starts the sweeper on the current tokio runtime the first time an expiring entry is
@@ -225,8 +230,9 @@ impl MemoryStateBackend {
         if ttl.is_some() {
             self.ensure_sweeper();
         }
+        let expires = Self::expiry(ttl)?;
         self.inner
-            .write(key, Bytes::copy_from_slice(value), Self::expiry(ttl))
+            .write(key, Bytes::copy_from_slice(value), expires)
     }
 }
 
@@ -583,7 +589,12 @@ impl StateBackend for MemoryStateBackend {
         if new.is_some() && ttl.is_some() {
             self.ensure_sweeper();
         }
-        let new = new.map(|v| (Bytes::copy_from_slice(v), Self::expiry(ttl)));
+        let expires = if new.is_some() {
+            Self::expiry(ttl)?
+        } else {
+            None
+        };
+        let new = new.map(|v| (Bytes::copy_from_slice(v), expires));
         let result = self.inner.compare_and_swap(key, expected, new);
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result
@@ -602,7 +613,7 @@ impl StateBackend for MemoryStateBackend {
         if ttl.is_some() {
             self.ensure_sweeper();
         }
-        let new = Some((Bytes::copy_from_slice(value), Self::expiry(ttl)));
+        let new = Some((Bytes::copy_from_slice(value), Self::expiry(ttl)?));
         let result = self.inner.compare_and_swap(key, None, new);
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result

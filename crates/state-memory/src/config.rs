@@ -53,7 +53,9 @@ impl Default for MemoryConfig {
 
 impl MemoryConfig {
     /// A TTL applied to every write that does not give its own (`put`, `batch_put`,
-    /// `compare_and_swap`, `set_if_not_exists` without a TTL).
+    /// `compare_and_swap`, `set_if_not_exists` without a TTL). It follows the TTL rule of
+    /// [`state_core::Limits::check_ttl`] (1 ms to 100 years): outside it, those writes fail with
+    /// `InvalidInput` (this builder cannot fail, so the check happens on write).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
         self

@@ -621,6 +621,7 @@ mod tests {
             PostgresConfig::builder().statement_timeout(Duration::from_micros(10)),
             PostgresConfig::builder().command_timeout(Duration::ZERO),
             PostgresConfig::builder().sweep_interval(Some(Duration::ZERO)),
+            PostgresConfig::builder().default_ttl(Duration::MAX),
             PostgresConfig::builder().read_consistency(ReadConsistency::Replica),
             PostgresConfig::builder().limits(Limits {
                 max_key_size: 4096,

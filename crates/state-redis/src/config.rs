@@ -462,7 +462,7 @@ impl RedisConfigBuilder {
         }
         if let Some(ttl) = self.default_ttl {
             Limits::check_ttl(ttl)
-                .map_err(|_| StateError::config("default_ttl must be at least 1 ms"))?;
+                .map_err(|e| StateError::config(format!("default_ttl: {}", e.message())))?;
         }
         Ok(RedisConfig {
             fred,
@@ -535,6 +535,7 @@ mod tests {
             RedisConfig::builder().pipeline_batch_size(0),
             RedisConfig::builder().command_timeout(Duration::ZERO),
             RedisConfig::builder().default_ttl(Duration::from_micros(10)),
+            RedisConfig::builder().default_ttl(Duration::MAX),
             RedisConfig::builder().tls_ca_file("/nonexistent.pem"),
             RedisConfig::builder()
                 .url("rediss://h:1")

@@ -3,25 +3,104 @@
 use std::fmt;
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use sled::IVec;
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+};
+use sled::{IVec, Transactional};
 use state_core::{
     Capabilities, Entry, Limits, OpKind, ScanStream, StateBackend, StateError, StateFuture,
     StateResult, StateStats, StatsRecorder, Sweeper, prefix_upper_bound,
 };
 
-use crate::codec::{self, Stored, index_key, now_ms, split_index_key};
+use crate::codec::{self, Stored, expiry_of, index_key, now_ms, split_index_key};
 use crate::config::{SledConfig, validate_tree_name};
 use crate::error::{join_error, map_sled};
 
-/// Entries a scan page or a sweep round reads per blocking call.
+/// Entries a scan page reads per blocking call.
 const PAGE: usize = 512;
-const SWEEP_BATCH: usize = 10_000;
+/// Keys `delete_prefix` and `clear` remove per blocking step (one sled transaction each); a
+/// cancelled call stops between two steps.
+const DELETE_PAGE: usize = 1_000;
+/// Expiry-index entries one sweep step visits (one sled transaction each).
+const SWEEP_BATCH: usize = 1_000;
+
+/// Stops a paged operation (`delete_prefix`, `clear`, `purge_expired`) once its future is
+/// dropped.
+///
+/// Each page commits while holding the lock; dropping the future takes the lock to set the
+/// flag, so it waits for a page that is committing (one bounded page, ~1,000 keys) and no
+/// page commits after the drop returns.
+#[derive(Default)]
+struct Cancel(Mutex<bool>);
+
+impl Cancel {
+    /// Runs `page` unless the operation was cancelled; the flag cannot be set meanwhile.
+    fn unless_cancelled<R>(&self, page: impl FnOnce() -> R) -> Option<R> {
+        let cancelled = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if *cancelled {
+            return None;
+        }
+        Some(page())
+    }
+
+    fn cancel(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+}
+
+/// Cancels on drop: held by the future of a paged operation.
+struct CancelOnDrop(Arc<Cancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// What one page of a paged deletion did.
+struct DeletedPage {
+    /// Live entries removed.
+    removed: usize,
+    /// The last key visited when the range may go on; `None` once it is done (or cancelled).
+    last: Option<IVec>,
+}
+
+fn tx_error(err: TransactionError<StateError>) -> StateError {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => map_sled(err),
+    }
+}
+
+fn corrupted<T>(err: StateError) -> ConflictableTransactionResult<T, StateError> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+/// Index upkeep inside a transaction that replaced `old` under `key` with a value expiring at
+/// `new_at` (`None`: no expiry, or removed): drops `old`'s entry and adds the new one.
+pub(crate) fn reindex(
+    index: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    old: Option<&[u8]>,
+    new_at: Option<u64>,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    let old_at = old.and_then(expiry_of);
+    if let Some(at) = old_at
+        && old_at != new_at
+    {
+        index.remove(index_key(at, key))?;
+    }
+    if let Some(at) = new_at {
+        index.insert(index_key(at, key), &[][..])?;
+    }
+    Ok(())
+}
 
 pub(crate) struct Inner {
     pub(crate) db: sled::Db,
@@ -146,10 +225,33 @@ impl SledStateBackend {
 
     /// Removes expired entries now (the sweeper does this every `cleanup_interval`); returns
     /// how many were removed.
+    ///
+    /// Works in steps of 1,000 index entries; dropping the future stops it between two steps.
     pub async fn purge_expired(&self) -> StateResult<usize> {
-        self.blocking(|inner| inner.purge_expired(usize::MAX))
-            .await
-            .map(|(_, removed)| removed)
+        let cancel = Arc::new(Cancel::default());
+        let _stop = CancelOnDrop(cancel.clone());
+        let mut removed = 0;
+        loop {
+            let cancel = cancel.clone();
+            let step = self
+                .blocking(move |inner| {
+                    cancel
+                        .unless_cancelled(|| inner.purge_expired(SWEEP_BATCH))
+                        .unwrap_or(Ok((0, 0)))
+                })
+                .await?;
+            removed += step.1;
+            if step.0 < SWEEP_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Entries in the expiry index (one per stored value with a TTL, plus entries a crash
+    /// left behind until the sweep discards them). For tests of the index's upkeep.
+    #[doc(hidden)]
+    pub fn expiry_index_len(&self) -> usize {
+        self.inner.index.len()
     }
 
     /// Bytes the database occupies on disk.
@@ -211,10 +313,60 @@ impl SledStateBackend {
         );
     }
 
-    fn expiry(&self, ttl: Option<Duration>) -> Option<u64> {
-        let ttl = ttl.or(self.inner.default_ttl)?;
+    /// The expiry of a write with `ttl` (or the default TTL): `InvalidInput` outside the TTL
+    /// rule, never a wrap-around.
+    fn expiry(&self, ttl: Option<Duration>) -> StateResult<Option<u64>> {
+        let Some(ttl) = ttl.or(self.inner.default_ttl) else {
+            return Ok(None);
+        };
+        let at = codec::expiry_after(ttl)?;
         self.ensure_sweeper();
-        Some(codec::expiry_after(ttl))
+        Ok(Some(at))
+    }
+
+    /// Deletes the keys under `prefix` (all keys when empty) one page of 1,000 per blocking
+    /// step, each page one sled transaction; stops between pages once the future is dropped.
+    async fn delete_range(&self, prefix: Vec<u8>) -> StateResult<usize> {
+        let cancel = Arc::new(Cancel::default());
+        let _stop = CancelOnDrop(cancel.clone());
+        let prefix: Arc<[u8]> = prefix.into();
+        let mut after: Option<IVec> = None;
+        let mut removed = 0;
+        loop {
+            let (prefix, cancel) = (prefix.clone(), cancel.clone());
+            let from = after.take();
+            let page = self
+                .blocking(move |inner| inner.delete_page(&prefix, from.as_ref(), &cancel))
+                .await?;
+            removed += page.removed;
+            match page.last {
+                Some(last) => after = Some(last),
+                None => return Ok(removed),
+            }
+        }
+    }
+
+    /// Drops expiry-index entries whose value is gone (left by a crash between a write and
+    /// its index upkeep), one page per blocking step; stops once the future is dropped.
+    async fn prune_index(&self) -> StateResult<()> {
+        let cancel = Arc::new(Cancel::default());
+        let _stop = CancelOnDrop(cancel.clone());
+        let mut after: Option<IVec> = None;
+        loop {
+            let cancel = cancel.clone();
+            let from = after.take();
+            let last = self
+                .blocking(move |inner| {
+                    cancel
+                        .unless_cancelled(|| inner.prune_index_page(from.as_ref()))
+                        .unwrap_or(Ok(None))
+                })
+                .await?;
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok(()),
+            }
+        }
     }
 }
 
@@ -234,25 +386,59 @@ impl Inner {
         if stored.is_live(now_ms()) {
             return Ok(Some(stored));
         }
-        let _ = self
+        if self
             .tree
             .compare_and_swap(key, Some(&stored.raw), None::<&[u8]>)
-            .map_err(map_sled)?;
+            .map_err(map_sled)?
+            .is_ok()
+        {
+            self.unindex(key, &stored.raw)?;
+        }
         Ok(None)
     }
 
+    /// Keeps the expiry index at one entry per expiring value: after `old` was replaced or
+    /// removed by a plain (non-transactional) write, drops its index entry, unless the value
+    /// now stored under `key` carries the same expiry (a concurrent writer's, whose entry it
+    /// is). Every write that adds an index entry runs in a sled transaction, and transactions
+    /// exclude all other writes while they run, so this check-and-remove is exact.
+    fn unindex(&self, key: &[u8], old: &[u8]) -> StateResult<()> {
+        let Some(at) = expiry_of(old) else {
+            return Ok(());
+        };
+        (&self.tree, &self.index)
+            .transaction(|(tree, index)| {
+                let current = tree.get(key)?;
+                if current.as_deref().and_then(expiry_of) != Some(at) {
+                    index.remove(index_key(at, key))?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// Writes `value` under `key`. Without expiry it is one sled insert (plus index upkeep if
+    /// it replaced an expiring value); with one, a transaction over the tree and the index
+    /// writes the value, adds its index entry and drops the replaced value's entry together.
     fn write(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) -> StateResult<()> {
-        if let Some(at) = expires_at {
-            // Index first: a crash between the two leaves an index entry the sweeper discards,
-            // never an expiring value the sweeper cannot find.
-            self.index
-                .insert(index_key(at, key), &[])
+        let Some(at) = expires_at else {
+            let old = self
+                .tree
+                .insert(key, codec::encode(value, None))
                 .map_err(map_sled)?;
-        }
-        self.tree
-            .insert(key, codec::encode(value, expires_at))
-            .map_err(map_sled)?;
-        Ok(())
+            if let Some(old) = old {
+                self.unindex(key, &old)?;
+            }
+            return Ok(());
+        };
+        let encoded = codec::encode(value, Some(at));
+        (&self.tree, &self.index)
+            .transaction(|(tree, index)| {
+                let old = tree.insert(key, &encoded[..])?;
+                reindex(index, key, old.as_deref(), Some(at))?;
+                Ok(())
+            })
+            .map_err(tx_error)
     }
 
     /// Swaps the stored bytes for `new` when the live value equals `expected`; retries when a
@@ -263,6 +449,29 @@ impl Inner {
         expected: Option<&[u8]>,
         new: Option<(&[u8], Option<u64>)>,
     ) -> StateResult<bool> {
+        if let Some((value, Some(at))) = new {
+            // A write with an expiry: compare, write and index in one transaction.
+            let encoded = codec::encode(value, Some(at));
+            return (&self.tree, &self.index)
+                .transaction(|(tree, index)| {
+                    let raw = tree.get(key)?;
+                    let now = now_ms();
+                    let current = match &raw {
+                        Some(raw) => match Stored::decode(raw.clone()) {
+                            Ok(stored) => stored.is_live(now).then_some(stored),
+                            Err(err) => return corrupted(err),
+                        },
+                        None => None,
+                    };
+                    if current.as_ref().map(Stored::payload) != expected {
+                        return Ok(false);
+                    }
+                    tree.insert(key, &encoded[..])?;
+                    reindex(index, key, raw.as_deref(), Some(at))?;
+                    Ok(true)
+                })
+                .map_err(tx_error);
+        }
         loop {
             let raw = self.tree.get(key).map_err(map_sled)?;
             let now = now_ms();
@@ -277,11 +486,6 @@ impl Inner {
                 return Ok(false);
             }
             let encoded = new.map(|(value, at)| codec::encode(value, at));
-            if let Some((_, Some(at))) = new {
-                self.index
-                    .insert(index_key(at, key), &[])
-                    .map_err(map_sled)?;
-            }
             if raw.is_none() && encoded.is_none() {
                 return Ok(true);
             }
@@ -290,6 +494,9 @@ impl Inner {
                 .compare_and_swap(key, raw.as_ref(), encoded)
                 .map_err(map_sled)?;
             if swapped.is_ok() {
+                if let Some(raw) = &raw {
+                    self.unindex(key, raw)?;
+                }
                 return Ok(true);
             }
             // A concurrent writer changed the bytes between the read and the swap: read again.
@@ -311,6 +518,7 @@ impl Inner {
                 .map_err(map_sled)?
                 .is_ok()
             {
+                self.unindex(key, &raw)?;
                 return Ok(Some(stored.into_bytes()));
             }
         }
@@ -326,31 +534,122 @@ impl Inner {
         }
     }
 
-    /// Visits up to `limit` expiry-index entries that are due; returns (visited, removed).
+    /// Visits up to `limit` expiry-index entries that are due, in one transaction: removes
+    /// each value that carries that expiry and the index entry; returns (visited, removed).
     fn purge_expired(&self, limit: usize) -> StateResult<(usize, usize)> {
         let now = now_ms();
         let upper = now.saturating_add(1).to_be_bytes();
-        let mut removed = 0;
-        let mut visited = 0;
-        for item in self.index.range(..&upper[..]).take(limit) {
-            visited += 1;
-            let (ikey, _) = item.map_err(map_sled)?;
-            if let Some((at, key)) = split_index_key(&ikey)
-                && let Some(raw) = self.tree.get(key).map_err(map_sled)?
-                && let Ok(stored) = Stored::decode(raw.clone())
-                && stored.expires_at == Some(at)
-                && !stored.is_live(now)
-                && self
-                    .tree
-                    .compare_and_swap(key, Some(&raw), None::<&[u8]>)
-                    .map_err(map_sled)?
-                    .is_ok()
-            {
-                removed += 1;
-            }
-            self.index.remove(&ikey).map_err(map_sled)?;
+        let due = self
+            .index
+            .range(..&upper[..])
+            .keys()
+            .take(limit)
+            .collect::<Result<Vec<IVec>, _>>()
+            .map_err(map_sled)?;
+        if due.is_empty() {
+            return Ok((0, 0));
         }
-        Ok((visited, removed))
+        let removed = (&self.tree, &self.index)
+            .transaction(|(tree, index)| {
+                let mut removed = 0;
+                for ikey in &due {
+                    if let Some((at, key)) = split_index_key(ikey)
+                        && at <= now
+                        && tree.get(key)?.as_deref().and_then(expiry_of) == Some(at)
+                    {
+                        tree.remove(key)?;
+                        removed += 1;
+                    }
+                    index.remove(ikey)?;
+                }
+                Ok(removed)
+            })
+            .map_err(tx_error)?;
+        Ok((due.len(), removed))
+    }
+
+    /// Removes up to [`DELETE_PAGE`] keys under `prefix` after `after`, with their index
+    /// entries, in one transaction, unless `cancel` was set first.
+    fn delete_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&IVec>,
+        cancel: &Cancel,
+    ) -> StateResult<DeletedPage> {
+        let start = match after {
+            Some(last) => Bound::Excluded(last.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let end = prefix_upper_bound(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        let keys = self
+            .tree
+            .range::<Vec<u8>, _>((start, end))
+            .keys()
+            .take(DELETE_PAGE)
+            .collect::<Result<Vec<IVec>, _>>()
+            .map_err(map_sled)?;
+        let done = DeletedPage {
+            removed: 0,
+            last: None,
+        };
+        if keys.is_empty() {
+            return Ok(done);
+        }
+        let committed = cancel.unless_cancelled(|| {
+            let now = now_ms();
+            (&self.tree, &self.index)
+                .transaction(|(tree, index)| {
+                    let mut removed = 0;
+                    for key in &keys {
+                        if let Some(old) = tree.remove(key)? {
+                            reindex(index, key, Some(&old), None)?;
+                            removed += usize::from(expiry_of(&old).is_none_or(|at| at > now));
+                        }
+                    }
+                    Ok(removed)
+                })
+                .map_err(tx_error)
+        });
+        let Some(removed) = committed else {
+            return Ok(done);
+        };
+        Ok(DeletedPage {
+            removed: removed?,
+            last: (keys.len() == DELETE_PAGE).then(|| keys[keys.len() - 1].clone()),
+        })
+    }
+
+    /// Drops up to [`DELETE_PAGE`] index entries after `after` whose value no longer carries
+    /// their expiry; returns the last entry visited while the index may go on.
+    fn prune_index_page(&self, after: Option<&IVec>) -> StateResult<Option<IVec>> {
+        let start = after.map_or(Bound::Unbounded, |last| Bound::Excluded(last.to_vec()));
+        let ikeys = self
+            .index
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .keys()
+            .take(DELETE_PAGE)
+            .collect::<Result<Vec<IVec>, _>>()
+            .map_err(map_sled)?;
+        if ikeys.is_empty() {
+            return Ok(None);
+        }
+        (&self.tree, &self.index)
+            .transaction(|(tree, index)| {
+                for ikey in &ikeys {
+                    let live = match split_index_key(ikey) {
+                        Some((at, key)) => {
+                            tree.get(key)?.as_deref().and_then(expiry_of) == Some(at)
+                        }
+                        None => false,
+                    };
+                    if !live {
+                        index.remove(ikey)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        Ok((ikeys.len() == DELETE_PAGE).then(|| ikeys[ikeys.len() - 1].clone()))
     }
 
     fn scan_page(
@@ -415,7 +714,9 @@ impl SledStateBackend {
     fn put_now(&self, key: &[u8], value: &[u8]) -> StateResult<()> {
         self.inner.limits.check_entry(key, value)?;
         let timer = self.inner.stats.start();
-        let result = self.inner.write(key, value, self.expiry(None));
+        let result = self
+            .expiry(None)
+            .and_then(|at| self.inner.write(key, value, at));
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result.map_err(|e| e.with_operation("put"))
     }
@@ -429,7 +730,10 @@ impl SledStateBackend {
             .remove(key)
             .map_err(map_sled)
             .and_then(|old| match old {
-                Some(raw) => Ok(Stored::decode(raw)?.is_live(now_ms())),
+                Some(raw) => {
+                    self.inner.unindex(key, &raw)?;
+                    Ok(Stored::decode(raw)?.is_live(now_ms()))
+                }
                 None => Ok(false),
             });
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
@@ -485,14 +789,14 @@ impl StateBackend for SledStateBackend {
         result
     }
 
+    /// Removes the tree's keys 1,000 per blocking step (see `delete_prefix` for what a
+    /// dropped future leaves), then index entries a crash left behind.
     async fn clear(&self) -> StateResult<()> {
         let timer = self.inner.stats.start();
-        let result = self
-            .blocking(|inner| {
-                inner.tree.clear().map_err(map_sled)?;
-                inner.index.clear().map_err(map_sled)
-            })
-            .await;
+        let result = match self.delete_range(Vec::new()).await {
+            Ok(_) => self.prune_index().await,
+            Err(err) => Err(err),
+        };
         self.inner.stats.observe(timer, OpKind::Other, 1, &result);
         result?;
         self.durable().await
@@ -562,21 +866,20 @@ impl StateBackend for SledStateBackend {
             return Ok(());
         }
         let timer = self.inner.stats.start();
-        let expires_at = self.expiry(None);
-        let mut batch = sled::Batch::default();
-        let mut index = sled::Batch::default();
-        for (key, value) in entries {
-            if let Some(at) = expires_at {
-                index.insert(index_key(at, key), &[]);
-            }
-            batch.insert(*key, codec::encode(value, expires_at));
-        }
-        let result = self
-            .inner
-            .index
-            .apply_batch(index)
-            .and_then(|()| self.inner.tree.apply_batch(batch))
-            .map_err(map_sled);
+        let expires_at = self.expiry(None)?;
+        let encoded: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|(_, value)| codec::encode(value, expires_at))
+            .collect();
+        let result = (&self.inner.tree, &self.inner.index)
+            .transaction(|(tree, index)| {
+                for ((key, _), value) in entries.iter().zip(&encoded) {
+                    let old = tree.insert(*key, &value[..])?;
+                    reindex(index, key, old.as_deref(), expires_at)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error);
         self.inner
             .stats
             .observe(timer, OpKind::Put, entries.len() as u64, &result);
@@ -592,24 +895,18 @@ impl StateBackend for SledStateBackend {
         }
         let timer = self.inner.stats.start();
         let now = now_ms();
-        let result = self
-            .inner
-            .tree
-            .transaction(|tx| {
+        let result = (&self.inner.tree, &self.inner.index)
+            .transaction(|(tree, index)| {
                 let mut removed = 0;
                 for key in keys {
-                    if let Some(raw) = tx.remove(*key)? {
+                    if let Some(raw) = tree.remove(*key)? {
+                        reindex(index, key, Some(&raw), None)?;
                         removed += usize::from(Stored::decode(raw).is_ok_and(|s| s.is_live(now)));
                     }
                 }
                 Ok(removed)
             })
-            .map_err(|err: sled::transaction::TransactionError<()>| match err {
-                sled::transaction::TransactionError::Storage(err) => map_sled(err),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StateError::backend("batch_delete transaction aborted")
-                }
-            });
+            .map_err(tx_error);
         self.inner
             .stats
             .observe(timer, OpKind::Delete, keys.len() as u64, &result);
@@ -622,7 +919,9 @@ impl StateBackend for SledStateBackend {
         self.inner.limits.check_entry(key, value)?;
         Limits::check_ttl(ttl)?;
         let timer = self.inner.stats.start();
-        let result = self.inner.write(key, value, self.expiry(Some(ttl)));
+        let result = self
+            .expiry(Some(ttl))
+            .and_then(|at| self.inner.write(key, value, at));
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result.map_err(|e| e.with_operation("put_with_ttl"))?;
         self.durable().await
@@ -665,7 +964,7 @@ impl StateBackend for SledStateBackend {
         self.inner.limits.check_swap(key, new)?;
         let timer = self.inner.stats.start();
         let expires_at = if new.is_some() {
-            self.expiry(None)
+            self.expiry(None)?
         } else {
             None
         };
@@ -689,7 +988,7 @@ impl StateBackend for SledStateBackend {
         self.inner.limits.check_entry(key, value)?;
         Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
-        let expires_at = self.expiry(ttl);
+        let expires_at = self.expiry(ttl)?;
         let result = self
             .inner
             .compare_and_swap(key, None, Some((value, expires_at)));
@@ -713,23 +1012,14 @@ impl StateBackend for SledStateBackend {
         Ok(value)
     }
 
+    /// Removes the keys under `prefix` 1,000 per blocking step, each step one transaction
+    /// (keys and their expiry-index entries together). Dropping the future stops it: steps
+    /// committed before the drop stay done (a partial deletion), the drop waits for a step
+    /// that is committing, and nothing is deleted after the drop returns.
     async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {
         self.inner.limits.check_prefix(prefix)?;
-        let prefix = prefix.to_vec();
         let timer = self.inner.stats.start();
-        let result = self
-            .blocking(move |inner| {
-                let now = now_ms();
-                let mut removed = 0;
-                for item in inner.prefix_range(&prefix) {
-                    let (key, _) = item.map_err(map_sled)?;
-                    if let Some(old) = inner.tree.remove(&key).map_err(map_sled)? {
-                        removed += usize::from(Stored::decode(old)?.is_live(now));
-                    }
-                }
-                Ok(removed)
-            })
-            .await;
+        let result = self.delete_range(prefix.to_vec()).await;
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
         let removed = result?;
         self.durable().await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sled::IVec;
-use state_core::{StateError, StateResult};
+use state_core::{Limits, StateError, StateResult};
 
 const NO_EXPIRY: u8 = 0;
 const EXPIRES: u8 = 1;
@@ -23,8 +23,22 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub(crate) fn expiry_after(ttl: Duration) -> u64 {
-    now_ms().saturating_add(ttl.as_millis() as u64)
+/// The expiry `ttl` from now, in Unix milliseconds: the TTL rule of [`Limits::check_ttl`]
+/// (1 ms to 100 years) and a checked addition, so a huge TTL is `InvalidInput` instead of
+/// wrapping around to a short one.
+pub(crate) fn expiry_after(ttl: Duration) -> StateResult<u64> {
+    Limits::expiry_ms_after(now_ms(), ttl)
+}
+
+/// The expiry in a stored value's header, without decoding the rest (`None`: no expiry, or
+/// not this crate's header).
+pub(crate) fn expiry_of(raw: &[u8]) -> Option<u64> {
+    match raw {
+        [EXPIRES, at @ ..] if at.len() >= 8 => {
+            Some(u64::from_be_bytes(at[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn encode(value: &[u8], expires_at: Option<u64>) -> Vec<u8> {
@@ -129,6 +143,29 @@ mod tests {
         assert!(Stored::decode(IVec::from(&b"\x07abc"[..])).is_err());
         assert!(Stored::decode(IVec::from(&b""[..])).is_err());
         assert!(Stored::decode(IVec::from(&b"\x01abc"[..])).is_err());
+    }
+
+    #[test]
+    fn expiry_header_is_read_without_decoding() {
+        assert_eq!(expiry_of(&encode(b"v", Some(42))), Some(42));
+        assert_eq!(expiry_of(&encode(b"v", None)), None);
+        assert_eq!(expiry_of(b"\x01abc"), None);
+        assert_eq!(expiry_of(b""), None);
+    }
+
+    #[test]
+    fn huge_ttls_are_invalid_input_not_a_wrap_around() {
+        // 584 million years of milliseconds used to wrap a u64 to a few hundred ms.
+        for ttl in [
+            Duration::MAX,
+            Duration::from_millis(u64::MAX),
+            state_core::MAX_TTL * 2,
+        ] {
+            let err = expiry_after(ttl).unwrap_err();
+            assert_eq!(err.kind(), state_core::ErrorKind::InvalidInput, "{ttl:?}");
+        }
+        let at = expiry_after(state_core::MAX_TTL).unwrap();
+        assert!(at > now_ms() + 3_153_599_000_000);
     }
 
     #[test]

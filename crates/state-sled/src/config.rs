@@ -110,7 +110,8 @@ impl SledConfig {
         self
     }
 
-    /// A TTL applied to every write that does not give its own.
+    /// A TTL applied to every write that does not give its own; 1 ms to
+    /// [`state_core::MAX_TTL`] (100 years), or `build()` returns `ConfigInvalid`.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
         self
@@ -158,6 +159,10 @@ impl SledConfig {
             return Err(StateError::config(
                 "compression_factor must be between 1 and 22",
             ));
+        }
+        if let Some(ttl) = self.default_ttl {
+            Limits::check_ttl(ttl)
+                .map_err(|e| StateError::config(format!("default_ttl: {}", e.message())))?;
         }
         if self.path.as_os_str().is_empty() {
             return Err(StateError::config("the database path must not be empty"));

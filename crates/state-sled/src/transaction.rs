@@ -8,7 +8,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use state_core::{Limits, StateError, StateResult};
 
 use crate::SledStateBackend;
-use crate::codec::{self, Stored, index_key, now_ms};
+use crate::backend::reindex;
+use crate::codec::{self, Stored, now_ms};
 use crate::error::map_sled;
 
 /// What a transaction closure returns; `?` on the transaction's methods propagates conflicts
@@ -44,12 +45,14 @@ impl SledTransaction<'_> {
         }
     }
 
-    /// Writes `value` under `key` (with the backend's default TTL, if any).
+    /// Writes `value` under `key` (with the backend's default TTL, if any). The replaced
+    /// value's expiry-index entry is dropped in the same transaction.
     pub fn put(&self, key: &[u8], value: &[u8]) -> TransactionResult<()> {
         self.write(key, value, self.default_ttl)
     }
 
-    /// Writes `value` under `key`, expiring after `ttl`.
+    /// Writes `value` under `key`, expiring after `ttl` (1 ms to [`state_core::MAX_TTL`];
+    /// outside that range the transaction aborts with `InvalidInput`).
     pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> TransactionResult<()> {
         if let Err(err) = Limits::check_ttl(ttl) {
             return abort(err);
@@ -61,11 +64,15 @@ impl SledTransaction<'_> {
         if let Err(err) = self.limits.check_entry(key, value) {
             return abort(err);
         }
-        let expires_at = ttl.map(|ttl| self.now.saturating_add(ttl.as_millis() as u64));
-        if let Some(at) = expires_at {
-            self.index.insert(index_key(at, key), &[])?;
-        }
-        self.tree.insert(key, codec::encode(value, expires_at))?;
+        let expires_at = match ttl
+            .map(|ttl| Limits::expiry_ms_after(self.now, ttl))
+            .transpose()
+        {
+            Ok(at) => at,
+            Err(err) => return abort(err),
+        };
+        let old = self.tree.insert(key, codec::encode(value, expires_at))?;
+        reindex(self.index, key, old.as_deref(), expires_at)?;
         Ok(())
     }
 
@@ -75,7 +82,10 @@ impl SledTransaction<'_> {
             return abort(err);
         }
         Ok(match self.tree.remove(key)? {
-            Some(raw) => Stored::decode(raw).is_ok_and(|s| s.is_live(self.now)),
+            Some(raw) => {
+                reindex(self.index, key, Some(&raw), None)?;
+                Stored::decode(raw).is_ok_and(|s| s.is_live(self.now))
+            }
             None => false,
         })
     }

@@ -1314,3 +1314,213 @@ pub async fn health_check_reports_healthy(factory: &dyn BackendFactory) {
     let s = open(factory).await;
     assert!(s.health_check().await.unwrap());
 }
+
+// ---------------------------------------------------------------------------------------------
+// TTL range, expired keys and expiry races (issue 12)
+// ---------------------------------------------------------------------------------------------
+
+/// TTLs outside the one rule every backend follows (1 ms to [`state_core::MAX_TTL`])
+/// for the TTL-taking operations, from the extremes inwards.
+fn out_of_range_ttls() -> [Duration; 7] {
+    [
+        Duration::MAX,
+        Duration::from_millis(u64::MAX),
+        state_core::MAX_TTL + Duration::from_millis(1),
+        state_core::MAX_TTL + Duration::from_nanos(1),
+        Duration::from_micros(999),
+        Duration::from_nanos(1),
+        Duration::ZERO,
+    ]
+}
+
+/// A TTL over 100 years (`Duration::MAX`, `MAX_TTL` + 1 ms or + 1 ns), zero or under 1 ms
+/// is `InvalidInput` on `put_with_ttl` and `set_if_not_exists`: never a panic, never a
+/// wrap-around to a short TTL, and nothing is written (a previous value stays as it was).
+pub async fn ttl_outside_1ms_to_100_years_is_invalid_input(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    let caps = s.capabilities();
+    if !caps.ttl {
+        return skip("ttl");
+    }
+    s.put(b"kept", b"old").await.unwrap();
+    for ttl in out_of_range_ttls() {
+        assert_kind(
+            s.put_with_ttl(b"absent", b"v", ttl).await,
+            ErrorKind::InvalidInput,
+        );
+        assert_kind(
+            s.put_with_ttl(b"kept", b"new", ttl).await,
+            ErrorKind::InvalidInput,
+        );
+        if caps.atomic {
+            assert_kind(
+                s.set_if_not_exists(b"absent", b"v", Some(ttl)).await,
+                ErrorKind::InvalidInput,
+            );
+        }
+    }
+    assert_eq!(s.get(b"absent").await.unwrap(), None, "a refused TTL wrote");
+    assert_eq!(s.get(b"kept").await.unwrap(), Some(b(b"old")));
+    assert_eq!(s.ttl(b"kept").await.unwrap(), None);
+    sleep_ms(50).await;
+    assert_eq!(s.get(b"kept").await.unwrap(), Some(b(b"old")));
+    assert_eq!(s.count().await.unwrap(), 1);
+}
+
+/// Exactly [`state_core::MAX_TTL`] (100 years) and exactly 1 ms are accepted; the 100-year key
+/// reports a TTL of (nearly) 100 years, not a wrapped-around one, and is still there later.
+pub async fn ttl_of_exactly_100_years_or_1ms_is_accepted(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    let caps = s.capabilities();
+    if !caps.ttl {
+        return skip("ttl");
+    }
+    let max = state_core::MAX_TTL;
+    let floor = max.saturating_sub(Duration::from_secs(60));
+    let near = |left: Duration| left <= max && left > floor;
+    s.put_with_ttl(b"century", b"v", max).await.unwrap();
+    let left = s.ttl(b"century").await.unwrap().expect("a ttl");
+    assert!(near(left), "ttl of a 100-year key reads {left:?}");
+    s.put_with_ttl(b"blink", b"v", Duration::from_millis(1))
+        .await
+        .unwrap();
+    if caps.atomic {
+        assert!(
+            s.set_if_not_exists(b"nx-century", b"v", Some(max))
+                .await
+                .unwrap()
+        );
+        let left = s.ttl(b"nx-century").await.unwrap().expect("a ttl");
+        assert!(near(left), "ttl of a 100-year SETNX key reads {left:?}");
+        assert!(
+            !s.set_if_not_exists(b"nx-century", b"w", Some(max))
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.set_if_not_exists(b"nx-blink", b"v", Some(Duration::from_millis(1)))
+                .await
+                .unwrap()
+        );
+    }
+    sleep_ms(400).await;
+    assert_eq!(s.get(b"century").await.unwrap(), Some(b(b"v")));
+    assert_eq!(s.get(b"blink").await.unwrap(), None);
+    if caps.atomic {
+        assert_eq!(s.get(b"nx-century").await.unwrap(), Some(b(b"v")));
+        assert_eq!(s.get(b"nx-blink").await.unwrap(), None);
+    }
+}
+
+/// An expired key is not counted as removed: `delete` answers false, `batch_delete` and
+/// `delete_prefix` count only live keys, `get_and_delete` returns `None` (50 ms TTLs).
+pub async fn deletes_do_not_count_expired_keys(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    let caps = s.capabilities();
+    if !caps.ttl {
+        return skip("ttl");
+    }
+    s.put(b"d:live", b"v").await.unwrap();
+    s.put(b"d:live2", b"v").await.unwrap();
+    for key in [&b"d:a"[..], b"d:b", b"d:c", b"d:e"] {
+        s.put_with_ttl(key, b"v", Duration::from_millis(50))
+            .await
+            .unwrap();
+    }
+    sleep_ms(200).await;
+    assert!(
+        !s.delete(b"d:a").await.unwrap(),
+        "delete counted an expired key"
+    );
+    assert_eq!(
+        s.batch_delete(&[b"d:b", b"d:live2", b"d:missing"])
+            .await
+            .unwrap(),
+        1,
+        "batch_delete counted an expired key"
+    );
+    if caps.atomic {
+        assert_eq!(s.get_and_delete(b"d:e").await.unwrap(), None);
+    }
+    assert_eq!(
+        s.delete_prefix(b"d:").await.unwrap(),
+        1,
+        "delete_prefix counted an expired key"
+    );
+    assert_eq!(s.count().await.unwrap(), 0);
+    assert!(s.list_keys(b"d:").await.unwrap().is_empty());
+}
+
+/// `set_if_not_exists` against a key with a 50 ms TTL, polled every 5 ms: refused while the
+/// key lives, it stores from the moment the key expires (never before 50 ms, and at most
+/// 500 ms late), and the stored value has no TTL of its own.
+pub async fn set_if_not_exists_wins_once_the_key_expires(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    let caps = s.capabilities();
+    if !(caps.ttl && caps.atomic) {
+        return skip("ttl + atomic");
+    }
+    let started = Instant::now();
+    assert!(
+        s.set_if_not_exists(b"k", b"first", Some(Duration::from_millis(50)))
+            .await
+            .unwrap()
+    );
+    let acked = Instant::now();
+    loop {
+        let poll_started = Instant::now();
+        let won = s.set_if_not_exists(b"k", b"second", None).await.unwrap();
+        if won {
+            let since = started.elapsed();
+            assert!(
+                since >= Duration::from_millis(49),
+                "won after {since:?}, the key was still live"
+            );
+            break;
+        }
+        let late = poll_started.saturating_duration_since(acked);
+        assert!(
+            late <= Duration::from_millis(550),
+            "refused {late:?} after the write"
+        );
+        sleep_ms(5).await;
+    }
+    assert_eq!(s.get(b"k").await.unwrap(), Some(b(b"second")));
+    assert_eq!(s.ttl(b"k").await.unwrap(), None);
+    assert!(!s.set_if_not_exists(b"k", b"third", None).await.unwrap());
+}
+
+/// 16 tasks call `set_if_not_exists` on a key while its 100 ms TTL runs out: exactly one
+/// wins, and the key holds the winner's value.
+pub async fn set_if_not_exists_racing_expiry_has_one_winner(factory: &dyn BackendFactory) {
+    let s = open(factory).await;
+    let caps = s.capabilities();
+    if !(caps.ttl && caps.atomic) {
+        return skip("ttl + atomic");
+    }
+    s.put_with_ttl(b"k", b"old", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let winners = race(&s, 16, move |s, i| async move {
+        let mine = format!("w{i}");
+        loop {
+            if s.set_if_not_exists(b"k", mine.as_bytes(), None)
+                .await
+                .unwrap()
+            {
+                return true;
+            }
+            match s.get(b"k").await.unwrap() {
+                Some(v) if v != b"old"[..] => return false,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "the key never expired");
+            sleep_ms(1).await;
+        }
+    })
+    .await;
+    assert_eq!(winners, 1);
+    let value = s.get(b"k").await.unwrap().expect("the winner's value");
+    assert!(value.starts_with(b"w"), "{value:?}");
+}

@@ -111,6 +111,10 @@ macro_rules! conformance_suite {
                 capability_persistence_matches_reopen,
                 stats_count_operations_and_hits,
                 health_check_reports_healthy,
+                ttl_outside_1ms_to_100_years_is_invalid_input,
+                ttl_of_exactly_100_years_or_1ms_is_accepted,
+                deletes_do_not_count_expired_keys,
+                set_if_not_exists_wins_once_the_key_expires,
             ],
             multi: [
                 set_if_not_exists_32_concurrent_callers_have_one_winner,
@@ -118,6 +122,7 @@ macro_rules! conformance_suite {
                 compare_and_swap_32_concurrent_callers_have_one_winner,
                 compare_and_swap_increments_from_8_tasks_lose_no_update,
                 concurrent_writers_to_distinct_keys_all_land,
+                set_if_not_exists_racing_expiry_has_one_winner,
             ],
         }
     };

@@ -160,15 +160,16 @@ impl StateBackend for ReferenceBackend {
         self.limits.check_entry(key, value)?;
         Limits::check_ttl(ttl)?;
         self.with_map(|map, now| {
+            let expires = Limits::deadline_after(now, ttl)?;
             map.insert(
                 Bytes::copy_from_slice(key),
                 Slot {
                     value: Bytes::copy_from_slice(value),
-                    expires: Some(now + ttl),
+                    expires: Some(expires),
                 },
             );
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn ttl(&self, key: &[u8]) -> StateResult<Option<Duration>> {
@@ -177,7 +178,7 @@ impl StateBackend for ReferenceBackend {
             map.get(key)
                 .filter(|slot| slot.live(now))
                 .and_then(|slot| slot.expires)
-                .map(|at| at - now)
+                .map(|at| at.saturating_duration_since(now))
         }))
     }
 
@@ -219,19 +220,22 @@ impl StateBackend for ReferenceBackend {
     ) -> StateResult<bool> {
         self.limits.check_entry(key, value)?;
         Limits::check_optional_ttl(ttl)?;
-        Ok(self.with_map(|map, now| {
+        self.with_map(|map, now| {
             if Self::live_value(map, key, now).is_some() {
-                return false;
+                return Ok(false);
             }
+            let expires = ttl
+                .map(|ttl| Limits::deadline_after(now, ttl))
+                .transpose()?;
             map.insert(
                 Bytes::copy_from_slice(key),
                 Slot {
                     value: Bytes::copy_from_slice(value),
-                    expires: ttl.map(|ttl| now + ttl),
+                    expires,
                 },
             );
-            true
-        }))
+            Ok(true)
+        })
     }
 
     async fn get_and_delete(&self, key: &[u8]) -> StateResult<Option<Bytes>> {
