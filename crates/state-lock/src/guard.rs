@@ -32,6 +32,23 @@ struct State {
     valid_until: Instant,
 }
 
+/// Answers a guard's [`LeaseStatus`] from anywhere, from the local lease deadline: it turns
+/// `Lost` when the deadline passes even if no task could run to say so (a stalled runtime),
+/// and `Released` when the guard is dropped (also when the task holding it died).
+#[derive(Clone)]
+pub(crate) struct StatusHandle(Arc<watch::Sender<State>>);
+
+impl StatusHandle {
+    pub(crate) fn status(&self) -> LeaseStatus {
+        let state = *self.0.borrow();
+        if state.status == LeaseStatus::Held && Instant::now() >= state.valid_until {
+            LeaseStatus::Lost
+        } else {
+            state.status
+        }
+    }
+}
+
 /// A held lock. Carries the [`FencingToken`] of this acquisition, renews the lease every
 /// `renew_fraction` of its TTL in a background task, and reports loss through
 /// [`LockGuard::lost`] / [`LockGuard::watch`].
@@ -127,12 +144,12 @@ impl LockGuard {
     /// Where the lease stands now. A lease whose local deadline has passed reads as
     /// [`LeaseStatus::Lost`] even if the renewal task has not run yet (a paused process).
     pub fn status(&self) -> LeaseStatus {
-        let state = *self.state.borrow();
-        if state.status == LeaseStatus::Held && Instant::now() >= state.valid_until {
-            LeaseStatus::Lost
-        } else {
-            state.status
-        }
+        self.status_handle().status()
+    }
+
+    /// A handle that answers [`LockGuard::status`] from another task or thread.
+    pub(crate) fn status_handle(&self) -> StatusHandle {
+        StatusHandle(Arc::clone(&self.state))
     }
 
     /// Whether the lease is still held (renewed in time). Check it before an irreversible

@@ -7,7 +7,11 @@ use state_core::{ErrorKind, StateError, StateResult};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::guard::{LeaseStatus, StatusHandle};
 use crate::lock::{DistributedLock, FencingToken, check_ttl};
+
+/// The lease this instance leads with, readable from any thread.
+type Current = Arc<std::sync::Mutex<Option<(FencingToken, StatusHandle)>>>;
 
 /// Whether this instance leads, and with which fencing token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +65,21 @@ impl Leadership {
 /// election.step_down().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct LeaderElection {
     state: watch::Receiver<Leadership>,
+    current: Current,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     name: String,
+}
+
+impl std::fmt::Debug for LeaderElection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderElection")
+            .field("name", &self.name)
+            .field("leadership", &self.leadership())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LeaderElection {
@@ -82,9 +95,11 @@ impl LeaderElection {
         let (tx, state) = watch::channel(Leadership::Follower);
         let (shutdown, stop) = oneshot::channel();
         let name = lock.name().to_owned();
-        let task = rt.spawn(campaign(lock, ttl, tx, stop));
+        let current = Current::default();
+        let task = rt.spawn(campaign(lock, ttl, tx, stop, Arc::clone(&current)));
         Ok(Self {
             state,
+            current,
             shutdown: Some(shutdown),
             task: Some(task),
             name,
@@ -96,18 +111,32 @@ impl LeaderElection {
         &self.name
     }
 
-    /// Whether this instance leads right now.
+    /// Whether this instance leads right now, answered from the local lease deadline: it turns
+    /// false when the lease's deadline passes even if no task could run to notice (a stalled
+    /// runtime), and when the campaign task is gone (its runtime shut down, or it panicked).
+    /// Two instances never both answer true while the clocks' rates agree within the lock's
+    /// drift margin.
     pub fn is_leader(&self) -> bool {
-        self.state.borrow().is_leader()
+        self.leadership().is_leader()
     }
 
-    /// The current leadership.
+    /// The current leadership, with the same rules as [`LeaderElection::is_leader`].
     pub fn leadership(&self) -> Leadership {
-        *self.state.borrow()
+        if self.task.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Leadership::Follower;
+        }
+        match &*self.current.lock().expect("leadership lock") {
+            Some((token, lease)) if lease.status() == LeaseStatus::Held => {
+                Leadership::Leader(*token)
+            }
+            _ => Leadership::Follower,
+        }
     }
 
     /// A watch channel of the leadership: `Leader(token)` while leading, `Follower` otherwise.
-    /// Select on `changed()` to stop leader-only work as soon as leadership is lost.
+    /// Select on `changed()` to stop leader-only work as soon as leadership is lost. Changes
+    /// are sent by the campaign task, so a stalled runtime delays them: before an
+    /// irreversible step, ask [`LeaderElection::is_leader`] (and fence the write).
     pub fn watch(&self) -> watch::Receiver<Leadership> {
         self.state.clone()
     }
@@ -156,21 +185,28 @@ async fn campaign(
     ttl: Duration,
     tx: watch::Sender<Leadership>,
     mut stop: oneshot::Receiver<()>,
+    current: Current,
 ) {
+    let set_current = |lease: Option<(FencingToken, StatusHandle)>| {
+        *current.lock().expect("leadership lock") = lease;
+    };
     loop {
         match lock.try_acquire(ttl).await {
             Ok(Some(guard)) => {
                 let token = guard.token();
                 tracing::info!(lock = %lock.name(), %token, "state-lock: became leader");
+                set_current(Some((token, guard.status_handle())));
                 tx.send_replace(Leadership::Leader(token));
                 let lost = guard.lost();
                 tokio::select! {
                     () = lost => {
+                        set_current(None);
                         tx.send_replace(Leadership::Follower);
                         tracing::warn!(lock = %lock.name(), %token, "state-lock: lost leadership");
                         drop(guard);
                     }
                     _ = &mut stop => {
+                        set_current(None);
                         tx.send_replace(Leadership::Follower);
                         match guard.release().await {
                             Ok(_) => tracing::info!(lock = %lock.name(), "state-lock: stepped down"),

@@ -450,7 +450,10 @@ fn jittered(interval: Duration) -> Duration {
 ///
 /// If the guard detects that the lease was lost while `f` runs (renewal failed), `f` is
 /// dropped at its next `.await` and the call fails with `ConditionNotMatch`: the critical
-/// section must not go on without the lock. Writes it already made are protected only by
+/// section must not go on without the lock. It also fails with `ConditionNotMatch`, after
+/// `f` returned, when the lease's local deadline passed before `f` finished (a stall that
+/// kept the renewal from running) or the release found the lease expired or taken over:
+/// another holder may have run meanwhile. Writes `f` already made are protected only by
 /// fencing ([`crate::FencedWrite`]).
 pub async fn with_lock<L, T, F, Fut>(lock: &L, ttl: Duration, f: F) -> StateResult<T>
 where
@@ -467,29 +470,34 @@ where
         () = lost => None,
     };
     let name = guard.name().to_owned();
+    // Held until the end? The local deadline says so even when the critical section
+    // stalled the runtime (so the renewal could not run and `lost` could not fire).
+    let held_throughout = guard.is_held();
     let released = guard.release().await;
+    let lost = || {
+        StateError::new(
+            ErrorKind::ConditionNotMatch,
+            format!("lock `{name}` was lost while the critical section ran"),
+        )
+        .with_operation("with_lock")
+    };
     match outcome {
         Some(Ok(result)) => {
             match released {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(
-                    lock = %name,
-                    "state-lock: the lease had expired when with_lock released it"
-                ),
-                Err(err) => tracing::warn!(
+                Ok(true) if held_throughout => {}
+                Err(err) if held_throughout => tracing::warn!(
                     lock = %name,
                     error = %err,
                     "state-lock: release after with_lock failed; the lease will expire at its TTL"
                 ),
+                // Expired or taken over before the release (or past the local deadline):
+                // another holder may have run.
+                _ => return Err(lost()),
             }
             result
         }
         Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => Err(StateError::new(
-            ErrorKind::ConditionNotMatch,
-            format!("lock `{name}` was lost while the critical section ran"),
-        )
-        .with_operation("with_lock")),
+        None => Err(lost()),
     }
 }
 
