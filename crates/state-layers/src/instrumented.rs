@@ -19,7 +19,9 @@ use crate::Op;
 use crate::forward::forward_backend;
 use crate::util::poll_once;
 
-/// Counter of finished operations, labelled `backend`, `op`, `outcome` (`ok` | `error`).
+/// Counter of finished operations, labelled `backend`, `op`, `outcome` (`ok` | `error` |
+/// `cancelled`: the caller dropped the future before it finished; a write may or may not
+/// have been applied).
 pub const OPERATIONS_TOTAL: &str = "state_operations_total";
 /// Histogram of operation latency in seconds, labelled `backend`, `op`.
 pub const OPERATION_DURATION_SECONDS: &str = "state_operation_duration_seconds";
@@ -33,6 +35,7 @@ pub const TRACING_TARGET: &str = "state_layers";
 struct OpMetrics {
     ok: Counter,
     error: Counter,
+    cancelled: Counter,
     latency: Histogram,
 }
 
@@ -80,6 +83,7 @@ impl Instrumented {
                 OpMetrics {
                     ok: metrics::counter!(OPERATIONS_TOTAL, "backend" => backend.clone(), "op" => op.name(), "outcome" => "ok"),
                     error: metrics::counter!(OPERATIONS_TOTAL, "backend" => backend.clone(), "op" => op.name(), "outcome" => "error"),
+                    cancelled: metrics::counter!(OPERATIONS_TOTAL, "backend" => backend.clone(), "op" => op.name(), "outcome" => "cancelled"),
                     latency: metrics::histogram!(OPERATION_DURATION_SECONDS, "backend" => backend, "op" => op.name()),
                 }
             })
@@ -171,7 +175,9 @@ impl Instrumented {
                 StateFuture::ready(result)
             }
             Err(pending) => StateFuture::boxed(async move {
+                let watch = Unfinished::new(self, op, &span, start);
                 let result = pending.instrument(span.clone()).await;
+                watch.done();
                 self.finish(op, &span, start, result.as_ref().err());
                 result
             }),
@@ -185,9 +191,33 @@ impl Instrumented {
     {
         let span = self.span(op, 0, items);
         let start = Instant::now();
+        let watch = Unfinished::new(self, op, &span, start);
         let result = f().instrument(span.clone()).await;
+        watch.done();
         self.finish(op, &span, start, result.as_ref().err());
         result
+    }
+
+    /// Records an operation whose future was dropped before it finished.
+    fn cancelled(&self, op: Op, span: &Span, start: Instant) {
+        let elapsed = start.elapsed();
+        let metrics = &self.ops[op.index()];
+        metrics.cancelled.increment(1);
+        metrics.latency.record(elapsed.as_secs_f64());
+        if !span.is_disabled() {
+            let latency_us = elapsed.as_micros() as u64;
+            span.record("outcome", "cancelled");
+            span.record("latency_us", latency_us);
+            tracing::debug!(
+                target: TRACING_TARGET,
+                parent: span,
+                backend = %self.name,
+                op = op.name(),
+                outcome = "cancelled",
+                latency_us,
+                "state operation cancelled"
+            );
+        }
     }
 
     fn layer_scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
@@ -297,6 +327,40 @@ impl Drop for ObservedScan<'_> {
         if !self.done {
             // The consumer stopped early: the scan did not fail.
             self.layer.finish(Op::Scan, &self.span, self.start, None);
+        }
+    }
+}
+
+/// Armed while an operation runs: dropped armed (the caller dropped the future), it records
+/// the operation as cancelled, so metrics and logs account for every call.
+struct Unfinished<'a> {
+    layer: &'a Instrumented,
+    op: Op,
+    span: &'a Span,
+    start: Instant,
+    armed: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(layer: &'a Instrumented, op: Op, span: &'a Span, start: Instant) -> Self {
+        Self {
+            layer,
+            op,
+            span,
+            start,
+            armed: true,
+        }
+    }
+
+    fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.layer.cancelled(self.op, self.span, self.start);
         }
     }
 }

@@ -426,3 +426,57 @@ async fn instrumented_records_metrics_per_operation() {
     );
     assert_eq!(histogram_samples, 4);
 }
+
+/// A call whose future is dropped before it finishes is counted as `cancelled` (issue 12
+/// point 11: it was not recorded at all).
+#[tokio::test]
+async fn instrumented_records_cancelled_calls() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let faults = faulty();
+    let layer =
+        metrics::with_local_recorder(&recorder, || Instrumented::new(faults.clone(), "cut"));
+    faults.inject(Some(Op::Put), Fault::Hang);
+    faults.inject(Some(Op::BatchPut), Fault::Hang);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), layer.put(b"k", b"v"))
+            .await
+            .is_err()
+    );
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(20),
+            layer.batch_put(&[(&b"a"[..], &b"1"[..])])
+        )
+        .await
+        .is_err()
+    );
+    let cancelled: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            match value {
+                DebugValue::Counter(n) if n > 0 && labels.contains(&"outcome=cancelled".into()) => {
+                    Some((labels.join(","), n))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let mut cancelled = cancelled;
+    cancelled.sort();
+    assert_eq!(
+        cancelled,
+        vec![
+            ("backend=cut,op=batch_put,outcome=cancelled".to_owned(), 1),
+            ("backend=cut,op=put,outcome=cancelled".to_owned(), 1),
+        ]
+    );
+}
