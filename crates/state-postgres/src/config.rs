@@ -415,7 +415,9 @@ impl PostgresConfigBuilder {
     }
 
     /// Client-side deadline for one operation, including waiting for a connection: a hung
-    /// server or network becomes a retryable `Timeout` error after it.
+    /// server or network becomes a retryable `Timeout` error after it for reads and for
+    /// writes not yet sent; a write already sent becomes `OutcomeUnknown` (it may have been
+    /// applied; see `state_core::ErrorKind::OutcomeUnknown`).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
