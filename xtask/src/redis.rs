@@ -81,11 +81,18 @@ pub(crate) fn start_standalone() -> anyhow::Result<Started> {
         );
     }
     eprintln!("xtask: redis standalone on 127.0.0.1:{port}");
+    let (mut sentinel, sentinel_port) = start_sentinel(&server, &cli, &dir, port)?;
     Ok(Started {
         env: vec![
             (
                 "STATE_REDIS_URL".into(),
                 format!("redis://127.0.0.1:{port}"),
+            ),
+            (
+                "STATE_REDIS_SENTINEL_URL".into(),
+                format!(
+                    "redis-sentinel://127.0.0.1:{sentinel_port}?sentinelServiceName={SENTINEL_SERVICE}"
+                ),
             ),
             (
                 "STATE_REDIS_SERVER_BIN".into(),
@@ -94,10 +101,63 @@ pub(crate) fn start_standalone() -> anyhow::Result<Started> {
             ("STATE_REDIS_CLI_BIN".into(), cli.display().to_string()),
         ],
         stop: Box::new(move || {
+            sentinel.stop();
             child.stop();
             let _ = std::fs::remove_dir_all(&dir);
         }),
     })
+}
+
+/// The service name the test sentinel monitors.
+const SENTINEL_SERVICE: &str = "state-primary";
+
+/// Starts a Redis Sentinel monitoring the standalone server on `primary_port` as
+/// [`SENTINEL_SERVICE`], and waits until it reports that primary.
+fn start_sentinel(
+    server: &Path,
+    cli: &Path,
+    dir: &Path,
+    primary_port: u16,
+) -> anyhow::Result<(Guarded, u16)> {
+    let port = free_port(0)?;
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary_port} 1\n\
+             sentinel down-after-milliseconds {SENTINEL_SERVICE} 5000\n",
+            dir.display()
+        ),
+    )?;
+    let mut cmd = Command::new(server);
+    cmd.arg(&conf)
+        .arg("--sentinel")
+        .args(["--logfile", "sentinel.log"]);
+    let mut child = Guarded::spawn(format!("redis-sentinel :{port}"), &mut cmd)?;
+    wait_until(
+        "redis-sentinel to know the primary",
+        Duration::from_secs(20),
+        || {
+            child.exited()
+                || output(Command::new(cli).args([
+                    "-p",
+                    &port.to_string(),
+                    "sentinel",
+                    "get-master-addr-by-name",
+                    SENTINEL_SERVICE,
+                ]))
+                .is_some_and(|o| o.contains(&primary_port.to_string()))
+        },
+    )?;
+    if child.exited() {
+        bail!(
+            "redis-sentinel exited at start; see {}",
+            dir.join("sentinel.log").display()
+        );
+    }
+    eprintln!("xtask: redis sentinel on 127.0.0.1:{port} (service {SENTINEL_SERVICE})");
+    Ok((child, port))
 }
 
 /// Starts six cluster-enabled servers, joins them with `redis-cli --cluster create` (3

@@ -23,6 +23,14 @@ pub enum Topology {
     /// A Redis Cluster (`redis-cluster://` / `rediss-cluster://` URLs, or
     /// [`RedisConfigBuilder::cluster_nodes`]), discovered from these nodes.
     Cluster(Vec<String>),
+    /// A primary found through Redis Sentinel (`redis-sentinel://` / `rediss-sentinel://`
+    /// URLs with `sentinelServiceName`): the service name and the sentinels asked.
+    Sentinel {
+        /// The monitored service (`sentinelServiceName`).
+        service: String,
+        /// The sentinels, `host:port`.
+        sentinels: Vec<String>,
+    },
 }
 
 fn host_port(server: &Server) -> String {
@@ -35,16 +43,20 @@ fn host_port(server: &Server) -> String {
 
 /// Parses one URL with fred (so the cluster flag and TLS come from fred's own reading):
 /// the config, its servers, and whether it names a Cluster. Errors never quote the URL.
-fn parse_url(url: &str) -> StateResult<(FredConfig, Vec<Server>, bool)> {
-    const SCHEMES: [&str; 8] = [
+fn parse_url(url: &str) -> StateResult<(FredConfig, Topology, bool)> {
+    const SCHEMES: [&str; 12] = [
         "redis",
         "rediss",
         "redis-cluster",
         "rediss-cluster",
+        "redis-sentinel",
+        "rediss-sentinel",
         "valkey",
         "valkeys",
         "valkey-cluster",
         "valkeys-cluster",
+        "valkey-sentinel",
+        "valkeys-sentinel",
     ];
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     if !scheme.is_some_and(|s| SCHEMES.contains(&s.as_str())) {
@@ -71,17 +83,24 @@ fn parse_url(url: &str) -> StateResult<(FredConfig, Vec<Server>, bool)> {
     let config = FredConfig::from_url(url).map_err(|_| invalid())?;
     match &config.server {
         ServerConfig::Centralized { server } => {
-            let servers = vec![server.clone()];
-            Ok((config, servers, false))
+            let topology = Topology::Standalone(host_port(server));
+            Ok((config, topology, false))
         }
         ServerConfig::Clustered { hosts, .. } => {
-            let servers = hosts.clone();
-            Ok((config, servers, true))
+            let topology = Topology::Cluster(hosts.iter().map(host_port).collect());
+            Ok((config, topology, true))
         }
-        ServerConfig::Sentinel { .. } => Err(StateError::config(
-            "Redis Sentinel and Unix socket URLs are not supported by state-redis yet; use \
-             redis://, rediss://, redis-cluster:// or rediss-cluster://",
-        )),
+        ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } => {
+            let topology = Topology::Sentinel {
+                service: service_name.clone(),
+                sentinels: hosts.iter().map(host_port).collect(),
+            };
+            Ok((config, topology, false))
+        }
     }
 }
 
@@ -169,6 +188,8 @@ impl RedisConfig {
             (true, Topology::Standalone(_)) => "rediss",
             (false, Topology::Cluster(_)) => "redis-cluster",
             (true, Topology::Cluster(_)) => "rediss-cluster",
+            (false, Topology::Sentinel { .. }) => "redis-sentinel",
+            (true, Topology::Sentinel { .. }) => "rediss-sentinel",
         };
         let user = match (&self.fred.username, &self.fred.password) {
             (Some(user), Some(_)) => format!("{user}:***@"),
@@ -177,13 +198,17 @@ impl RedisConfig {
             (None, Some(_)) => ":***@".to_owned(),
             (None, None) => String::new(),
         };
-        let hosts = match &self.topology {
-            Topology::Standalone(server) => server.clone(),
-            Topology::Cluster(nodes) => nodes.join(","),
+        let (hosts, service) = match &self.topology {
+            Topology::Standalone(server) => (server.clone(), String::new()),
+            Topology::Cluster(nodes) => (nodes.join(","), String::new()),
+            Topology::Sentinel { service, sentinels } => (
+                sentinels.join(","),
+                format!("?sentinelServiceName={service}"),
+            ),
         };
         match self.fred.database {
-            Some(db) if db != 0 => format!("{scheme}://{user}{hosts}/{db}"),
-            _ => format!("{scheme}://{user}{hosts}"),
+            Some(db) if db != 0 => format!("{scheme}://{user}{hosts}/{db}{service}"),
+            _ => format!("{scheme}://{user}{hosts}{service}"),
         }
     }
 
@@ -263,7 +288,8 @@ impl Default for RedisConfigBuilder {
 impl RedisConfigBuilder {
     /// The server URL: `redis://[user[:password]@]host[:port][/db]`, `rediss://` for TLS,
     /// `redis-cluster://host:port[?node=host:port&node=...]` (or `rediss-cluster://`) for a
-    /// Cluster. Parsed by fred: whether it is a Cluster and whether it uses TLS come from
+    /// Cluster, `redis-sentinel://sentinel:port[?node=sentinel2:port]&sentinelServiceName=name`
+    /// (or `rediss-sentinel://`) for a primary found through Redis Sentinel. Parsed by fred: whether it is a Cluster and whether it uses TLS come from
     /// fred's reading of the URL. `rediss` verifies the server's certificate against the
     /// system's root certificates, or [`RedisConfigBuilder::tls_ca_file`].
     pub fn url(mut self, url: impl Into<String>) -> Self {
@@ -395,19 +421,23 @@ impl RedisConfigBuilder {
         }
         let (mut fred, topology) = if self.cluster_nodes.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
-            let (fred, servers, cluster) = parse_url(url)?;
-            let topology = if cluster {
-                Topology::Cluster(servers.iter().map(host_port).collect())
-            } else {
-                Topology::Standalone(host_port(&servers[0]))
-            };
+            let (fred, topology, _) = parse_url(url)?;
             (fred, topology)
         } else {
             let mut hosts = Vec::new();
             let mut first: Option<FredConfig> = None;
             for node in &self.cluster_nodes {
-                let (parsed, servers, _) = parse_url(node)?;
-                hosts.extend(servers);
+                let (parsed, topology, _) = parse_url(node)?;
+                match &parsed.server {
+                    ServerConfig::Centralized { server } => hosts.push(server.clone()),
+                    ServerConfig::Clustered { hosts: h, .. } => hosts.extend(h.iter().cloned()),
+                    ServerConfig::Sentinel { .. } => {
+                        return Err(StateError::config(format!(
+                            "cluster_nodes take Redis or Redis Cluster URLs, not a Sentinel \
+                             ({topology:?})"
+                        )));
+                    }
+                }
                 if let Some(first) = &first {
                     if first.tls.is_some() != parsed.tls.is_some() {
                         return Err(StateError::config(
@@ -525,7 +555,7 @@ mod tests {
     fn bad_input_is_a_config_error() {
         for builder in [
             RedisConfig::builder().url("http://x"),
-            RedisConfig::builder().url("redis-sentinel://h:1?sentinelServiceName=m"),
+            RedisConfig::builder().url("redis-sentinel://h:1"),
             RedisConfig::builder().key_prefix(""),
             RedisConfig::builder().key_prefix("app:b:"),
             RedisConfig::builder().key_prefix("@state-lock:"),

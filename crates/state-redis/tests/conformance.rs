@@ -66,6 +66,26 @@ impl BackendFactory for ClusterFromUrl {
     }
 }
 
+/// The standalone server reached through Redis Sentinel (`STATE_REDIS_SENTINEL_URL`, a
+/// `redis-sentinel://` URL): fred asks the sentinel for the primary.
+struct ThroughSentinel;
+
+#[async_trait::async_trait]
+impl BackendFactory for ThroughSentinel {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let config = RedisConfig::builder()
+            .url(env("STATE_REDIS_SENTINEL_URL"))
+            .key_prefix(namespace)
+            .build()?;
+        assert!(matches!(
+            config.topology(),
+            state_redis::Topology::Sentinel { .. }
+        ));
+        assert!(config.redacted_url().starts_with("redis-sentinel://"));
+        Ok(Arc::new(RedisStateBackend::new(config).await?))
+    }
+}
+
 mod standalone {
     state_testkit::conformance_suite!(super::Standalone);
 }
@@ -76,4 +96,8 @@ mod cluster {
 
 mod cluster_url {
     state_testkit::conformance_suite!(super::ClusterFromUrl);
+}
+
+mod sentinel {
+    state_testkit::conformance_suite!(super::ThroughSentinel);
 }
