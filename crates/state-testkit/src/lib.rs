@@ -6,11 +6,14 @@ use async_trait::async_trait;
 use state_core::{StateBackend, StateResult};
 
 pub mod cases;
+pub mod linearizability;
 mod reference;
 mod support;
+mod yielding;
 
 pub use reference::ReferenceBackend;
 pub use support::{FailingScan, unique_namespace};
+pub use yielding::{Yielding, YieldingIo};
 
 /// Opens backends for the conformance suite.
 ///
