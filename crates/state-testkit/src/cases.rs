@@ -16,6 +16,11 @@ use tokio::sync::Barrier;
 use crate::support::{assert_kind, b, collect_scan, noise, open, open_named, sleep_ms, sorted};
 use crate::{BackendFactory, FailingScan, ReferenceBackend, unique_namespace};
 
+pub use crate::proof::{
+    proof_cancelled_operations_leave_before_or_after_state,
+    proof_concurrent_histories_are_linearizable, proof_model_based_sequences_match_reference,
+};
+
 fn skip(what: &str) {
     eprintln!("skipped: the backend does not declare `{what}`");
 }

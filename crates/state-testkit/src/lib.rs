@@ -7,6 +7,7 @@ use state_core::{StateBackend, StateResult};
 
 pub mod cases;
 pub mod linearizability;
+mod proof;
 mod reference;
 mod support;
 mod yielding;
@@ -27,6 +28,16 @@ pub trait BackendFactory: Send + Sync {
     /// previous backend was dropped must reach the same data when the backend declares
     /// [`state_core::Capabilities::persistence`], and an empty namespace when it does not.
     async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>>;
+
+    /// Opens `namespace` like [`BackendFactory::open`], with the innermost store wrapped in
+    /// [`Yielding`], so the cancellation case reaches every await point of the layers above it.
+    ///
+    /// The default wraps what `open` returns, which is right for a backend that is not a
+    /// wrapper. A factory of a wrapper (a cache, a layer, a tier) overrides it to put
+    /// `Yielding` under the wrapper, around each backend it wraps.
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Ok(Yielding::wrap(self.open(namespace).await?))
+    }
 }
 
 /// A factory for the [`ReferenceBackend`]: every `open` is a fresh, empty map.
@@ -114,8 +125,11 @@ macro_rules! conformance_suite {
                 capability_persistence_matches_reopen,
                 stats_count_operations_and_hits,
                 health_check_reports_healthy,
+                proof_cancelled_operations_leave_before_or_after_state,
             ],
             multi: [
+                proof_model_based_sequences_match_reference,
+                proof_concurrent_histories_are_linearizable,
                 set_if_not_exists_32_concurrent_callers_have_one_winner,
                 get_and_delete_32_concurrent_callers_have_one_winner,
                 compare_and_swap_32_concurrent_callers_have_one_winner,
