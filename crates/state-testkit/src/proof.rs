@@ -605,7 +605,10 @@ async fn restore_source(caps: Capabilities) -> Vec<u8> {
     buf
 }
 
-fn as_map(entries: &[Seen]) -> BTreeMap<Bytes, (Bytes, Option<Duration>)> {
+/// A state as key -> (value, remaining TTL).
+type SlotMap = BTreeMap<Bytes, (Bytes, Option<Duration>)>;
+
+fn as_map(entries: &[Seen]) -> SlotMap {
     entries
         .iter()
         .map(|e| (e.key.clone(), (e.value.clone(), e.ttl)))
@@ -631,6 +634,52 @@ fn with_follow(entries: &[Seen], key: &Bytes) -> BTreeMap<Bytes, (Bytes, Option<
 }
 
 const FOLLOW_VALUE: &[u8] = b"follow-up";
+/// A key no cancelled operation touches.
+const UNTOUCHED: &[u8] = b"untouched";
+
+/// The live state, read by `scan`; a `batch_get` of `known` keys (and every scanned key) must
+/// agree with it, so a cache tier holding another value than the store is caught.
+async fn observe(backend: &dyn StateBackend, known: &[Bytes], step: &Step, k: usize) -> Vec<Seen> {
+    let seen = scan_entries(backend, b"").await.expect("scan after a drop");
+    let mut keys: Vec<&[u8]> = known.iter().map(AsRef::as_ref).collect();
+    keys.extend(seen.iter().map(|e| e.key.as_ref()));
+    keys.sort_unstable();
+    keys.dedup();
+    let values = backend
+        .batch_get(&keys)
+        .await
+        .expect("batch_get after a drop");
+    let map = as_map(&seen);
+    for (key, value) in keys.iter().zip(values) {
+        let scanned = map.get(*key).map(|(v, _)| v.clone());
+        assert_eq!(
+            value,
+            scanned,
+            "{step:?} dropped after {k} polls: batch_get of {:?} disagrees with scan",
+            Bytes::copy_from_slice(key)
+        );
+    }
+    seen
+}
+
+/// The keys where `seen` is neither `before` nor `after`, for failure messages.
+fn diff(seen: &SlotMap, before: &SlotMap, after: &SlotMap) -> String {
+    let keys: std::collections::BTreeSet<&Bytes> = seen
+        .keys()
+        .chain(before.keys())
+        .chain(after.keys())
+        .collect();
+    let mut out = String::new();
+    for key in keys {
+        let (s, b, a) = (seen.get(key), before.get(key), after.get(key));
+        if !same_slot(s, b, true) && !same_slot(s, a, true) {
+            out.push_str(&format!(
+                "  {key:?}: before {b:?}, after {a:?}, seen {s:?}\n"
+            ));
+        }
+    }
+    out
+}
 
 /// Whether `seen` is `before` or `after` (each with the follow-up write applied), as a whole
 /// or, for `per_key`, key by key.
@@ -719,39 +768,58 @@ pub async fn proof_cancelled_operations_leave_before_or_after_state(factory: &dy
                 break;
             }
             points += 1;
+            // An acknowledged write elsewhere, then the state, read by scan and by batch_get.
+            let untouched = Bytes::from_static(UNTOUCHED);
             backend
-                .put(&follow, FOLLOW_VALUE)
+                .put(&untouched, FOLLOW_VALUE)
                 .await
                 .expect("the follow-up put after a cancelled operation");
-            assert_eq!(
-                backend.get(&follow).await.expect("follow-up get"),
-                Some(Bytes::from_static(FOLLOW_VALUE)),
-                "{step:?} dropped after {k} polls: the acknowledged follow-up put of {follow:?} \
-                 is not read back"
-            );
-            let seen = scan_entries(&*backend, b"").await.expect("scan after drop");
+            let known: Vec<Bytes> = before
+                .iter()
+                .chain(&after)
+                .map(|e| e.key.clone())
+                .chain([untouched.clone(), follow.clone()])
+                .collect();
+            let seen = observe(&*backend, &known, step, k).await;
             assert!(
                 before_or_after(
                     &seen,
                     &before,
                     &after,
-                    &follow,
+                    &untouched,
                     per_key(step, caps),
                     compare_ttl
                 ),
                 "{step:?} dropped after {k} polls left neither the state before nor after it \
-                 (with the follow-up put of {follow:?}):\nbefore: {before:?}\nafter: {after:?}\n\
-                 seen: {seen:?}"
+                 (with the follow-up put of {untouched:?}):\n{}",
+                diff(
+                    &as_map(&seen),
+                    &with_follow(&before, &untouched),
+                    &with_follow(&after, &untouched)
+                )
             );
+            // An acknowledged write on a key the operation touches: it must stick, and
+            // nothing else may change any more.
+            backend
+                .put(&follow, FOLLOW_VALUE)
+                .await
+                .expect("the second follow-up put");
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let later = scan_entries(&*backend, b"").await.expect("later scan");
+            let later = observe(&*backend, &known, step, k).await;
+            let mut expected = as_map(&seen);
+            expected.insert(follow.clone(), (Bytes::from_static(FOLLOW_VALUE), None));
+            let later_map = as_map(&later);
+            let stable = later_map.len() == expected.len()
+                && expected
+                    .iter()
+                    .all(|(key, slot)| same_slot(Some(slot), later_map.get(key), compare_ttl));
             assert!(
-                entries_match(&later, &seen, compare_ttl),
-                "{step:?} dropped after {k} polls changed the state after a later acknowledged \
-                 put:\nright after: {seen:?}\nlater: {later:?}"
+                stable,
+                "{step:?} dropped after {k} polls changed the state after later acknowledged \
+                 puts (of {untouched:?}, then {follow:?}):\nexpected: {expected:?}\nlater: {later:?}"
             );
             k += 1;
             assert!(k < 100_000, "{step:?} never completes");
