@@ -157,6 +157,8 @@ impl SledStateBackend {
         self.inner.db.size_on_disk().map_err(map_sled)
     }
 
+    /// Runs `f` on a blocking thread. The thread is not stopped when the returned future is
+    /// dropped: a long loop inside `f` must check a [`StopOnDrop`] between writes.
     pub(crate) async fn blocking<R, F>(&self, f: F) -> StateResult<R>
     where
         R: Send + 'static,
@@ -487,9 +489,18 @@ impl StateBackend for SledStateBackend {
 
     async fn clear(&self) -> StateResult<()> {
         let timer = self.inner.stats.start();
+        let (stop, _guard) = StopOnDrop::new();
         let result = self
-            .blocking(|inner| {
-                inner.tree.clear().map_err(map_sled)?;
+            .blocking(move |inner| {
+                for item in inner.tree.iter().keys() {
+                    let key = item.map_err(map_sled)?;
+                    let Some(_running) = stop.proceed() else {
+                        return Err(StopOnDrop::cancelled("clear"));
+                    };
+                    inner.tree.remove(&key).map_err(map_sled)?;
+                }
+                // Expiry index entries of removed keys are stale, which the sweeper skips; drop
+                // them all once every key is gone.
                 inner.index.clear().map_err(map_sled)
             })
             .await;
@@ -717,12 +728,16 @@ impl StateBackend for SledStateBackend {
         self.inner.limits.check_prefix(prefix)?;
         let prefix = prefix.to_vec();
         let timer = self.inner.stats.start();
+        let (stop, _guard) = StopOnDrop::new();
         let result = self
             .blocking(move |inner| {
                 let now = now_ms();
                 let mut removed = 0;
                 for item in inner.prefix_range(&prefix) {
                     let (key, _) = item.map_err(map_sled)?;
+                    let Some(_running) = stop.proceed() else {
+                        return Err(StopOnDrop::cancelled("delete_prefix"));
+                    };
                     if let Some(old) = inner.tree.remove(&key).map_err(map_sled)? {
                         removed += usize::from(Stored::decode(old)?.is_live(now));
                     }
@@ -792,5 +807,54 @@ impl StateBackend for SledStateBackend {
     async fn flush(&self) -> StateResult<()> {
         self.inner.db.flush_async().await.map_err(map_sled)?;
         Ok(())
+    }
+}
+
+/// Stops a bulk write running on a blocking thread once its caller gives up.
+///
+/// `spawn_blocking` work runs to the end even when the future awaiting it is dropped (a
+/// `Timeout` layer, a cancelled request), so a `clear` or `delete_prefix` would go on deleting
+/// keys that later acknowledged writes had put back. The loop takes the lock around each
+/// single write and stops once the flag is set; dropping the guard sets the flag under the
+/// same lock, so it waits for at most one in-flight key write, and once the drop returns no
+/// further write of that loop happens.
+struct StopOnDrop(Arc<std::sync::Mutex<bool>>);
+
+/// The blocking loop's side of a [`StopOnDrop`].
+struct StopFlag(Arc<std::sync::Mutex<bool>>);
+
+impl StopOnDrop {
+    /// A flag for the blocking loop and the guard that sets it when dropped.
+    fn new() -> (StopFlag, StopOnDrop) {
+        let flag = Arc::new(std::sync::Mutex::new(false));
+        (StopFlag(flag.clone()), StopOnDrop(flag))
+    }
+
+    fn cancelled(operation: &'static str) -> StateError {
+        StateError::new(
+            state_core::ErrorKind::Closed,
+            "the caller dropped the operation; it stopped part-way",
+        )
+        .with_operation(operation)
+    }
+}
+
+impl StopFlag {
+    /// Holds the lock for one write, or `None` once the caller is gone.
+    fn proceed(&self) -> Option<std::sync::MutexGuard<'_, bool>> {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!*guard).then_some(guard)
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
     }
 }
