@@ -194,6 +194,7 @@ impl History {
     }
 
     /// Records that the operation returned `ret` now. Call it right after the answer arrived.
+    #[allow(clippy::needless_pass_by_value)] // Taking the handle ends the call.
     pub fn returned(&self, call: Call, ret: Ret) {
         let mut ops = lock(&self.ops);
         let at = self.start.elapsed();
@@ -203,6 +204,7 @@ impl History {
     }
 
     /// Records that the operation's outcome is unknown: it may or may not have taken effect.
+    #[allow(clippy::needless_pass_by_value)] // Taking the handle ends the call.
     pub fn unknown(&self, call: Call) {
         if let Some(op) = lock(&self.ops)[call.0].as_mut() {
             op.completion = Completion::Unknown;
@@ -211,6 +213,7 @@ impl History {
 
     /// Records that the operation failed without taking effect (a definite error such as
     /// invalid input): it is left out of the history.
+    #[allow(clippy::needless_pass_by_value)] // Taking the handle ends the call.
     pub fn failed(&self, call: Call) {
         lock(&self.ops)[call.0] = None;
     }
@@ -319,32 +322,36 @@ pub fn check(history: &History) -> Result<Linearized, Box<NotLinearizable>> {
     })
 }
 
+/// The register's value after a step.
+struct Next(Option<Bytes>);
+
 /// Applies `op` to a register holding `state`; `None` when `ret` (if known) cannot be its
 /// answer, else the new state.
-fn step(state: &Option<Bytes>, op: &Op, ret: Option<&Ret>) -> Option<Option<Bytes>> {
+fn step(state: Option<&Bytes>, op: &Op, ret: Option<&Ret>) -> Option<Next> {
+    let state = state.cloned();
     let (answer, next) = match op {
-        Op::Get => (Ret::Value(state.clone()), state.clone()),
+        Op::Get => (Ret::Value(state.clone()), state),
         Op::Put(v) => (Ret::Written, Some(v.clone())),
         Op::Delete => (Ret::Flag(state.is_some()), None),
         Op::CompareAndSwap { expected, new } => {
-            if state == expected {
+            if state == *expected {
                 (Ret::Flag(true), new.clone())
             } else {
-                (Ret::Flag(false), state.clone())
+                (Ret::Flag(false), state)
             }
         }
         Op::SetIfNotExists(v) => {
             if state.is_some() {
-                (Ret::Flag(false), state.clone())
+                (Ret::Flag(false), state)
             } else {
                 (Ret::Flag(true), Some(v.clone()))
             }
         }
-        Op::GetAndDelete => (Ret::Value(state.clone()), None),
+        Op::GetAndDelete => (Ret::Value(state), None),
     };
     match ret {
         Some(ret) if *ret != answer => None,
-        _ => Some(next),
+        _ => Some(Next(next)),
     }
 }
 
@@ -417,7 +424,7 @@ fn check_register(
                 Completion::Unknown => None,
             };
             let mut moved = false;
-            if let Some(new_state) = step(&state, &op.op, ret) {
+            if let Some(Next(new_state)) = step(state.as_ref(), &op.op, ret) {
                 let mut with = linearized.clone();
                 with[op_index / 64] |= 1 << (op_index % 64);
                 if cache.insert((with.clone(), new_state.clone())) {
@@ -739,7 +746,9 @@ mod tests {
                     4 => Op::SetIfNotExists(v(&format!("s{t}"))),
                     _ => Op::GetAndDelete,
                 };
-                let next = step(&state, &op, None).unwrap();
+                let Some(Next(next)) = step(state.as_ref(), &op, None) else {
+                    unreachable!("an operation without a known answer always applies")
+                };
                 let ret = match &op {
                     Op::Get | Op::GetAndDelete => Ret::Value(state.clone()),
                     Op::Put(_) => Ret::Written,

@@ -17,6 +17,7 @@
 //! | `STATE_PROOF_OPS` | 40 | operations per task |
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -673,9 +674,7 @@ fn diff(seen: &SlotMap, before: &SlotMap, after: &SlotMap) -> String {
     for key in keys {
         let (s, b, a) = (seen.get(key), before.get(key), after.get(key));
         if !same_slot(s, b, true) && !same_slot(s, a, true) {
-            out.push_str(&format!(
-                "  {key:?}: before {b:?}, after {a:?}, seen {s:?}\n"
-            ));
+            let _ = writeln!(out, "  {key:?}: before {b:?}, after {a:?}, seen {s:?}");
         }
     }
     out
