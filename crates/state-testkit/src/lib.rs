@@ -38,6 +38,17 @@ pub trait BackendFactory: Send + Sync {
     async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
         Ok(Yielding::wrap(self.open(namespace).await?))
     }
+
+    /// Whether the backends this factory opens may answer plain reads (`get`) from a replica
+    /// that has not replayed every acknowledged write, as documented for that configuration
+    /// (default `false`: every operation is linearizable).
+    ///
+    /// When `true`, the linearizability case still runs every operation but checks only
+    /// what such a configuration promises: the writes and atomic operations, which run on the
+    /// primary, form a linearizable history; the `get`s are left out of it.
+    fn reads_may_be_stale(&self) -> bool {
+        false
+    }
 }
 
 /// A factory for the [`ReferenceBackend`]: every `open` is a fresh, empty map.
