@@ -89,6 +89,33 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 /// state as `OutcomeUnknown`: it may or may not have been applied, and the backend does no
 /// further work for it once the drop returns, except what was already sent to a server.
 ///
+/// # Cancellation
+///
+/// Dropping an operation's future before it completes (a `Timeout` layer, `select!`, an
+/// aborted request) is allowed at every await point. What holds then, per operation:
+///
+/// - **Reads** (`get`, `contains`, `batch_get`, `get_with_ttl`, `get_for_cache`, `ttl`,
+///   `list_keys`, `count`, `scan` and its stream, `checkpoint`, `stats`, `health_check`,
+///   `memory_usage`): nothing changes. A dropped `checkpoint` leaves its writer with a partial
+///   stream that a restore rejects as corrupted.
+/// - **Single-key writes** (`put`, `put_with_ttl`, `delete`, `compare_and_swap`,
+///   `set_if_not_exists`, `get_and_delete`): the key is left either as before the call or as
+///   the completed call would have left it, never anything else; which one is unknown to the
+///   caller (a request may already be on the wire, or, for an in-process backend, the write
+///   may be done when the call returns its future, before the first poll). A conditional
+///   write that took effect took effect atomically.
+/// - **Multi-key writes** (`batch_put`, `batch_delete`, `delete_prefix`, `clear`, `restore`):
+///   each key is left either as before or as after; with [`Capabilities::atomic_batch`] a
+///   batch is all or nothing, otherwise any subset of its keys may have been written.
+/// - **For every operation**: once the future is dropped, the operation changes nothing after
+///   a later operation on the same backend is acknowledged: no background task, blocking
+///   thread, cache fill or retry it started may land afterwards and overwrite or delete a
+///   later write.
+///
+/// The `state-testkit` case `proof_cancelled_operations_leave_before_or_after_state` drops
+/// each operation after every number of polls until it completes, over a backend that yields
+/// at every await point, and checks these rules for every backend and wrapper.
+///
 /// # Examples
 ///
 /// ```

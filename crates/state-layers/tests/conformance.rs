@@ -47,6 +47,12 @@ impl BackendFactory for NamespacedOnSharedRedis {
         let shared = redis_at(&env("STATE_REDIS_URL"), "layers-ns:".into()).await?;
         Ok(Arc::new(Namespaced::new(shared, namespace)?))
     }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let shared = redis_at(&env("STATE_REDIS_URL"), "layers-ns:".into()).await?;
+        let slowed = state_testkit::Yielding::wrap(shared);
+        Ok(Arc::new(Namespaced::new(slowed, namespace)?))
+    }
 }
 
 mod namespaced_memory {

@@ -27,6 +27,13 @@ impl BackendFactory for OnMemory {
             Replicated::new(primary.clone(), vec![primary.clone(), primary]).with_policy(self.0),
         ))
     }
+
+    async fn open_slowed(&self, _namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let primary = state_testkit::Yielding::wrap(Arc::new(MemoryStateBackend::new(None)));
+        Ok(Arc::new(
+            Replicated::new(primary.clone(), vec![primary.clone(), primary]).with_policy(self.0),
+        ))
+    }
 }
 
 struct OnRedis;
@@ -39,6 +46,17 @@ impl BackendFactory for OnRedis {
         let replicas = vec![
             redis_at(&url, format!("{namespace}:")).await?,
             redis_at(&url, format!("{namespace}:")).await?,
+        ];
+        Ok(Arc::new(Replicated::new(primary, replicas)))
+    }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let url = env("STATE_REDIS_URL");
+        let slowed = state_testkit::Yielding::wrap;
+        let primary = slowed(redis_at(&url, format!("{namespace}:")).await?);
+        let replicas = vec![
+            slowed(redis_at(&url, format!("{namespace}:")).await?),
+            slowed(redis_at(&url, format!("{namespace}:")).await?),
         ];
         Ok(Arc::new(Replicated::new(primary, replicas)))
     }

@@ -30,6 +30,14 @@ impl BackendFactory for OnMemory {
     async fn open(&self, _namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
         Ok(Arc::new(Sharded::new(memory_shards(3))?))
     }
+
+    async fn open_slowed(&self, _namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let shards = memory_shards(3)
+            .into_iter()
+            .map(state_testkit::Yielding::wrap)
+            .collect();
+        Ok(Arc::new(Sharded::new(shards)?))
+    }
 }
 
 /// The three standalone Redis servers of `STATE_REDIS_SHARD_URLS`, one key prefix per
@@ -45,6 +53,16 @@ impl BackendFactory for OnRedisShards {
             shards.push(redis_at(url, format!("{namespace}:")).await?);
         }
         assert_eq!(shards.len(), 3, "STATE_REDIS_SHARD_URLS lists 3 servers");
+        Ok(Arc::new(Sharded::new(shards)?))
+    }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let urls = env("STATE_REDIS_SHARD_URLS");
+        let mut shards = Vec::new();
+        for url in urls.split(',') {
+            let shard = redis_at(url, format!("{namespace}:")).await?;
+            shards.push(state_testkit::Yielding::wrap(shard));
+        }
         Ok(Arc::new(Sharded::new(shards)?))
     }
 }

@@ -46,6 +46,13 @@ impl BackendFactory for ReadYourWrites {
             .build()?;
         Ok(Arc::new(PostgresStateBackend::with_config(config).await?))
     }
+
+    /// Documented: another task's write may be missed by a replica read (observed by the
+    /// linearizability case: a `get` started after another `get` had returned a value
+    /// answered the older state).
+    fn reads_may_be_stale(&self) -> bool {
+        true
+    }
 }
 
 mod primary {

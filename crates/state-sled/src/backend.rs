@@ -259,6 +259,8 @@ impl SledStateBackend {
         self.inner.db.size_on_disk().map_err(map_sled)
     }
 
+    /// Runs `f` on a blocking thread. The thread is not stopped when the returned future is
+    /// dropped: a long loop inside `f` must check a [`StopOnDrop`] between writes.
     pub(crate) async fn blocking<R, F>(&self, f: F) -> StateResult<R>
     where
         R: Send + 'static,

@@ -6,11 +6,15 @@ use async_trait::async_trait;
 use state_core::{StateBackend, StateResult};
 
 pub mod cases;
+pub mod linearizability;
+mod proof;
 mod reference;
 mod support;
+mod yielding;
 
 pub use reference::ReferenceBackend;
 pub use support::{FailingScan, unique_namespace};
+pub use yielding::{Yielding, YieldingIo};
 
 /// Opens backends for the conformance suite.
 ///
@@ -24,6 +28,27 @@ pub trait BackendFactory: Send + Sync {
     /// previous backend was dropped must reach the same data when the backend declares
     /// [`state_core::Capabilities::persistence`], and an empty namespace when it does not.
     async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>>;
+
+    /// Opens `namespace` like [`BackendFactory::open`], with the innermost store wrapped in
+    /// [`Yielding`], so the cancellation case reaches every await point of the layers above it.
+    ///
+    /// The default wraps what `open` returns, which is right for a backend that is not a
+    /// wrapper. A factory of a wrapper (a cache, a layer, a tier) overrides it to put
+    /// `Yielding` under the wrapper, around each backend it wraps.
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Ok(Yielding::wrap(self.open(namespace).await?))
+    }
+
+    /// Whether the backends this factory opens may answer plain reads (`get`) from a replica
+    /// that has not replayed every acknowledged write, as documented for that configuration
+    /// (default `false`: every operation is linearizable).
+    ///
+    /// When `true`, the linearizability case still runs every operation but checks only
+    /// what such a configuration promises: the writes and atomic operations, which run on the
+    /// primary, form a linearizable history; the `get`s are left out of it.
+    fn reads_may_be_stale(&self) -> bool {
+        false
+    }
 }
 
 /// A factory for the [`ReferenceBackend`]: every `open` is a fresh, empty map.
@@ -115,8 +140,11 @@ macro_rules! conformance_suite {
                 ttl_of_exactly_100_years_or_1ms_is_accepted,
                 deletes_do_not_count_expired_keys,
                 set_if_not_exists_wins_once_the_key_expires,
+                proof_cancelled_operations_leave_before_or_after_state,
             ],
             multi: [
+                proof_model_based_sequences_match_reference,
+                proof_concurrent_histories_are_linearizable,
                 set_if_not_exists_32_concurrent_callers_have_one_winner,
                 get_and_delete_32_concurrent_callers_have_one_winner,
                 compare_and_swap_32_concurrent_callers_have_one_winner,

@@ -10,7 +10,7 @@ use state_core::{StateBackend, StateResult};
 use state_memory::MemoryStateBackend;
 use state_postgres::PostgresStateBackend;
 use state_redis::{RedisConfig, RedisStateBackend};
-use state_testkit::BackendFactory;
+use state_testkit::{BackendFactory, Yielding};
 use state_tiered::{CachedStateBackend, TieredStateBackend};
 
 fn env(name: &str) -> String {
@@ -32,24 +32,45 @@ impl BackendFactory for OnMemory {
             Some(Duration::from_secs(60)),
         )))
     }
+
+    async fn open_slowed(&self, _namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let inner = Yielding::wrap(Arc::new(MemoryStateBackend::new(None)));
+        Ok(Arc::new(CachedStateBackend::new(
+            inner,
+            1000,
+            Some(Duration::from_secs(60)),
+        )))
+    }
+}
+
+/// Wraps `backend` in [`Yielding`] when `slow` (the cancellation case's slowed stores).
+fn slowed(backend: Arc<dyn StateBackend>, slow: bool) -> Arc<dyn StateBackend> {
+    if slow {
+        Yielding::wrap(backend)
+    } else {
+        backend
+    }
+}
+
+async fn redis_for(namespace: &str) -> StateResult<Arc<RedisStateBackend>> {
+    Ok(Arc::new(
+        RedisStateBackend::new(
+            RedisConfig::builder()
+                .url(env("STATE_REDIS_URL"))
+                .key_prefix(format!("{namespace}:"))
+                .build()?,
+        )
+        .await?,
+    ))
 }
 
 /// L1 over Redis (one key prefix per namespace), coherent through Redis pub/sub.
 struct OnRedis;
 
-#[async_trait::async_trait]
-impl BackendFactory for OnRedis {
-    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
-        let redis = Arc::new(
-            RedisStateBackend::new(
-                RedisConfig::builder()
-                    .url(env("STATE_REDIS_URL"))
-                    .key_prefix(format!("{namespace}:"))
-                    .build()?,
-            )
-            .await?,
-        );
-        let cached = CachedStateBackend::builder(redis.clone())
+impl OnRedis {
+    async fn build(namespace: &str, slow: bool) -> StateResult<Arc<dyn StateBackend>> {
+        let redis = redis_for(namespace).await?;
+        let cached = CachedStateBackend::builder(slowed(redis.clone(), slow))
             .max_items(10_000)
             .ttl(Duration::from_secs(60))
             .invalidation(redis)
@@ -59,27 +80,33 @@ impl BackendFactory for OnRedis {
     }
 }
 
+#[async_trait::async_trait]
+impl BackendFactory for OnRedis {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, false).await
+    }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, true).await
+    }
+}
+
 /// The seed's three tiers: L1 moka (coherent through Redis pub/sub) over L2 Redis (60 s
 /// TTL) over L3 PostgreSQL; one prefix and one table per namespace.
 struct ThreeTier;
 
-#[async_trait::async_trait]
-impl BackendFactory for ThreeTier {
-    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
-        let redis = Arc::new(
-            RedisStateBackend::new(
-                RedisConfig::builder()
-                    .url(env("STATE_REDIS_URL"))
-                    .key_prefix(format!("{namespace}:"))
-                    .build()?,
-            )
-            .await?,
-        );
+impl ThreeTier {
+    async fn build(namespace: &str, slow: bool) -> StateResult<Arc<dyn StateBackend>> {
+        let redis = redis_for(namespace).await?;
         let postgres =
             Arc::new(PostgresStateBackend::new(env("STATE_POSTGRES_URL"), namespace).await?);
         let shared = TieredStateBackend::builder()
-            .cache_tier("redis", redis.clone(), Duration::from_secs(60))
-            .durable(postgres)?;
+            .cache_tier(
+                "redis",
+                slowed(redis.clone(), slow),
+                Duration::from_secs(60),
+            )
+            .durable(slowed(postgres, slow))?;
         let cached = CachedStateBackend::builder(Arc::new(shared))
             .max_items(10_000)
             .ttl(Duration::from_secs(30))
@@ -87,6 +114,17 @@ impl BackendFactory for ThreeTier {
             .build()
             .await?;
         Ok(Arc::new(cached))
+    }
+}
+
+#[async_trait::async_trait]
+impl BackendFactory for ThreeTier {
+    async fn open(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, false).await
+    }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, true).await
     }
 }
 

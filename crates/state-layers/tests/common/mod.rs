@@ -55,4 +55,9 @@ impl BackendFactory for Layered {
         let inner = self.inner.open(namespace).await?;
         Ok((self.wrap)(inner, namespace))
     }
+
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        let inner = state_testkit::Yielding::wrap(self.inner.open(namespace).await?);
+        Ok((self.wrap)(inner, namespace))
+    }
 }
