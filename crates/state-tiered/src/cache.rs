@@ -664,9 +664,8 @@ impl StateBackend for CachedStateBackend {
     }
 
     async fn clear(&self) -> StateResult<()> {
-        let result = self.inner.clear().await;
-        self.forget_all();
-        result
+        let _forget = ForgetAllOnDrop(self);
+        self.inner.clear().await
     }
 
     async fn count(&self) -> StateResult<usize> {
@@ -790,9 +789,8 @@ impl StateBackend for CachedStateBackend {
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> StateResult<usize> {
-        let result = self.inner.delete_prefix(prefix).await;
-        self.forget_all();
-        result
+        let _forget = ForgetAllOnDrop(self);
+        self.inner.delete_prefix(prefix).await
     }
 
     fn scan<'a>(&'a self, prefix: &'a [u8]) -> ScanStream<'a> {
@@ -810,9 +808,8 @@ impl StateBackend for CachedStateBackend {
         &self,
         reader: &mut (dyn AsyncRead + Send + Unpin),
     ) -> StateResult<state_core::checkpoint::RestoreSummary> {
-        let result = self.inner.restore(reader).await;
-        self.forget_all();
-        result
+        let _forget = ForgetAllOnDrop(self);
+        self.inner.restore(reader).await
     }
 
     /// L1 figures (`hits`, `misses`, `hit_rate()` are L1's; `details`: `l1_entries`,
@@ -862,5 +859,16 @@ impl StateBackend for CachedStateBackend {
 
     async fn flush(&self) -> StateResult<()> {
         self.inner.flush().await
+    }
+}
+
+/// Forgets all of L1 when dropped: after a write of unknown keys (`clear`, `delete_prefix`,
+/// `restore`) finished, failed, or was cancelled part-way (its future dropped), so no copy
+/// of a key it removed or replaced survives it.
+struct ForgetAllOnDrop<'a>(&'a CachedStateBackend);
+
+impl Drop for ForgetAllOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.forget_all();
     }
 }
