@@ -87,7 +87,9 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 ///
 /// Dropping a call's future (a caller's timeout, a cancelled task) leaves a write in the same
 /// state as `OutcomeUnknown`: it may or may not have been applied, and the backend does no
-/// further work for it once the drop returns, except what was already sent to a server.
+/// further work for it once the drop returns, except what was already sent to a server; a
+/// remote backend then makes its later writes wait until the server has answered the dropped
+/// one (bounded by its command timeout), so it cannot land after them.
 ///
 /// # Cancellation
 ///

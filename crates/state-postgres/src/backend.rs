@@ -21,6 +21,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
 use crate::conninfo::ConnTarget;
+use crate::drain::{Orphans, Writer};
 use crate::error::{map_pg, map_pg_write, map_pool};
 use crate::schema::{self, Sql};
 use crate::tls::Connector;
@@ -48,6 +49,8 @@ pub(crate) struct Inner {
     primary_fallbacks: AtomicU64,
     swept: AtomicU64,
     sweeper: Sweeper,
+    /// Writes dropped with a statement in flight (see [`crate::drain`]).
+    orphans: Arc<Orphans>,
 }
 
 /// A [`StateBackend`] on PostgreSQL through tokio-postgres and a deadpool connection pool.
@@ -199,6 +202,7 @@ impl PostgresStateBackend {
                 primary_fallbacks: AtomicU64::new(0),
                 swept: AtomicU64::new(0),
                 sweeper: Sweeper::new(),
+                orphans: Arc::default(),
                 config,
             }),
         };
@@ -316,6 +320,18 @@ impl PostgresStateBackend {
         self.inner.primary.get().await.map_err(map_pool)
     }
 
+    /// A primary connection for a write, once every earlier cancelled write has been
+    /// answered by the server (so none can land after this one); see [`crate::drain`].
+    pub(crate) async fn writer(&self) -> StateResult<Writer> {
+        let patience = self.inner.config.command_timeout;
+        self.inner.orphans.settled(patience).await?;
+        Ok(Writer::new(
+            self.primary().await?,
+            Arc::clone(&self.inner.orphans),
+            patience,
+        ))
+    }
+
     fn read_your_writes(&self) -> bool {
         self.inner.config.read_consistency == ReadConsistency::ReadYourWrites
     }
@@ -331,9 +347,9 @@ impl PostgresStateBackend {
         sql: &str,
         params: &Params<'_>,
     ) -> StateResult<Vec<Row>> {
-        let client = self.primary().await?;
+        let client = self.writer().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
-        if self.read_your_writes() {
+        let rows = if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
             let (rows, lsn) = futures_util::try_join!(
@@ -344,18 +360,20 @@ impl PostgresStateBackend {
             self.inner
                 .written_lsn
                 .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
-            Ok(rows)
+            rows
         } else {
             sent.mark();
-            client.query(&stmt, params).await.map_err(map_pg_write)
-        }
+            client.query(&stmt, params).await.map_err(map_pg_write)?
+        };
+        client.done();
+        Ok(rows)
     }
 
     /// Runs a write and returns the number of rows it changed.
     async fn write_count(&self, sent: &Sent, sql: &str, params: &Params<'_>) -> StateResult<u64> {
-        let client = self.primary().await?;
+        let client = self.writer().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
-        if self.read_your_writes() {
+        let n = if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
             let (n, lsn) = futures_util::try_join!(
@@ -366,11 +384,13 @@ impl PostgresStateBackend {
             self.inner
                 .written_lsn
                 .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
-            Ok(n)
+            n
         } else {
             sent.mark();
-            client.execute(&stmt, params).await.map_err(map_pg_write)
-        }
+            client.execute(&stmt, params).await.map_err(map_pg_write)?
+        };
+        client.done();
+        Ok(n)
     }
 
     /// Runs a read where [`ReadConsistency`] says: the primary, or the next replica (with the
@@ -483,7 +503,7 @@ impl PostgresStateBackend {
                 .await
                 .map(|_| ());
         }
-        let mut client = self.primary().await?;
+        let mut client = self.writer().await?;
         let stmt = client
             .prepare_cached(&self.inner.sql.batch_put)
             .await
@@ -504,11 +524,12 @@ impl PostgresStateBackend {
             let lsn_after = client.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
             let lsn = lsn.get::<_, i64>(0).max(lsn_after.get::<_, i64>(0));
             self.inner.written_lsn.fetch_max(lsn, Ordering::AcqRel);
-            Ok(())
         } else {
             sent.mark();
-            tx.commit().await.map_err(map_pg_write)
+            tx.commit().await.map_err(map_pg_write)?;
         }
+        client.done();
+        Ok(())
     }
 
     /// The seed's `batch_upsert`: same as [`StateBackend::batch_put`] (atomic, one statement

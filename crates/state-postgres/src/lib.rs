@@ -4,6 +4,7 @@
 mod backend;
 mod config;
 mod conninfo;
+mod drain;
 mod error;
 mod ops;
 mod pubsub;

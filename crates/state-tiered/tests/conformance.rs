@@ -86,10 +86,9 @@ impl BackendFactory for OnRedis {
         Self::build(namespace, false).await
     }
 
-    // The cancellation case slows the whole stack from outside (the default `open_slowed`)
-    // here. Slowed from inside (`build(namespace, true)`), it finds open defects tracked in
-    // issue 12 point 2: a cancelled `batch_put` is half-applied in the three-tier stack
-    // (which declares atomic batches), and over Redis the case runs for minutes.
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, true).await
+    }
 }
 
 /// The seed's three tiers: L1 moka (coherent through Redis pub/sub) over L2 Redis (60 s
@@ -124,16 +123,8 @@ impl BackendFactory for ThreeTier {
         Self::build(namespace, false).await
     }
 
-    // The cancellation case slows the whole stack from outside (the default `open_slowed`)
-    // here. Slowed from inside (`build(namespace, true)`), it finds open defects tracked in
-    // issue 12 point 2: a cancelled `batch_put` is half-applied in the three-tier stack
-    // (which declares atomic batches), and over Redis the case runs for minutes.
-
-    fn known_cancellation_defect(&self) -> Option<&'static str> {
-        Some(
-            "three-tier (moka + Redis + PostgreSQL): a delete_prefix dropped after 3 polls \
-             removed keys after later acknowledged puts; open in issue 12 point 2",
-        )
+    async fn open_slowed(&self, namespace: &str) -> StateResult<Arc<dyn StateBackend>> {
+        Self::build(namespace, true).await
     }
 }
 
