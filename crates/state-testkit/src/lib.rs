@@ -39,13 +39,6 @@ pub trait BackendFactory: Send + Sync {
         Ok(Yielding::wrap(self.open(namespace).await?))
     }
 
-    /// A defect the cancellation case is known to find in this configuration, still open
-    /// (default `None`). When set, the case reports it and checks nothing: it is a recorded
-    /// failure awaiting its fix, never a passing result.
-    fn known_cancellation_defect(&self) -> Option<&'static str> {
-        None
-    }
-
     /// Whether the backends this factory opens may answer plain reads (`get`) from a replica
     /// that has not replayed every acknowledged write, as documented for that configuration
     /// (default `false`: every operation is linearizable).

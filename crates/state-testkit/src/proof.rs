@@ -783,10 +783,6 @@ fn before_or_after(
 /// follow-up write in place; and it must stay so: nothing the dropped operation started may
 /// land later. A completed attempt must answer what the reference model answers.
 pub async fn proof_cancelled_operations_leave_before_or_after_state(factory: &dyn BackendFactory) {
-    if let Some(defect) = factory.known_cancellation_defect() {
-        eprintln!("KNOWN OPEN DEFECT, cancellation not checked here: {defect}");
-        return;
-    }
     let name = unique_namespace();
     let backend = factory
         .open_slowed(&name)
