@@ -8,6 +8,7 @@ mod error;
 mod future;
 mod limits;
 mod namespace;
+mod orphans;
 mod pool;
 mod redact;
 mod scan;
@@ -26,6 +27,7 @@ pub use namespace::{
     MAX_NAMESPACE_LEN, NAMESPACE_DELIMITER, RESERVED_NAMESPACE_MARK, validate_namespace,
     validate_reserved_namespace,
 };
+pub use orphans::{OrphanTicket, OrphanedWrites};
 pub use pool::PoolStats;
 pub use redact::{MASK, parse_key_values, quote_key_value, redact_url};
 pub use stats::{OpKind, OpTimer, StateStats, StatsRecorder};

@@ -21,7 +21,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
 use crate::conninfo::ConnTarget;
-use crate::drain::{Orphans, Writer};
+use crate::drain::Writer;
 use crate::error::{map_pg, map_pg_write, map_pool};
 use crate::schema::{self, Sql};
 use crate::tls::Connector;
@@ -50,7 +50,7 @@ pub(crate) struct Inner {
     swept: AtomicU64,
     sweeper: Sweeper,
     /// Writes dropped with a statement in flight (see [`crate::drain`]).
-    orphans: Arc<Orphans>,
+    orphans: Arc<state_core::OrphanedWrites>,
 }
 
 /// A [`StateBackend`] on PostgreSQL through tokio-postgres and a deadpool connection pool.
@@ -324,7 +324,7 @@ impl PostgresStateBackend {
     /// answered by the server (so none can land after this one); see [`crate::drain`].
     pub(crate) async fn writer(&self) -> StateResult<Writer> {
         let patience = self.inner.config.command_timeout;
-        self.inner.orphans.settled(patience).await?;
+        self.inner.orphans.settled("postgres", patience).await?;
         Ok(Writer::new(
             self.primary().await?,
             Arc::clone(&self.inner.orphans),

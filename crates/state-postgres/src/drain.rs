@@ -9,72 +9,28 @@
 //! case). Here the dropped write's connection is handed to a spawned task that waits until
 //! the server has answered everything sent on it (an empty query queued behind the orphaned
 //! statement), and only then returns it to the pool; every write first waits, up to the
-//! command timeout, until no such orphan is pending. A write dropped before it was sent waits
-//! for nothing, and reads never wait.
+//! command timeout, until no such orphan is pending ([`state_core::OrphanedWrites`]). Reads
+//! never wait.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Object;
-use state_core::{StateError, StateResult};
-use tokio::sync::Notify;
-
-/// Writes dropped with a statement possibly in flight, not yet answered by the server.
-#[derive(Debug, Default)]
-pub(crate) struct Orphans {
-    pending: AtomicUsize,
-    settled: Notify,
-}
-
-impl Orphans {
-    /// Orphaned statements not answered yet.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-
-    /// Waits until every orphaned statement has been answered; a retryable `Timeout` (nothing
-    /// was sent) after `within`.
-    pub(crate) async fn settled(&self, within: Duration) -> StateResult<()> {
-        if self.pending() == 0 {
-            return Ok(());
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.settled.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.pending() == 0 {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(StateError::timeout(format!(
-                    "postgres: an earlier cancelled write was still running on the server \
-                     after {within:?}; nothing was sent"
-                )));
-            }
-        }
-    }
-
-    fn finished(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.settled.notify_waiters();
-    }
-}
+use state_core::OrphanedWrites;
 
 /// A primary connection for one write. Dropped without [`Writer::done`] (the write's future
 /// was cancelled, or it failed), it is drained on a spawned task before it goes back to the
 /// pool; see the module docs.
 pub(crate) struct Writer {
     conn: Option<Object>,
-    orphans: Arc<Orphans>,
+    orphans: Arc<OrphanedWrites>,
     /// How long the drain waits for the server's answer before it discards the connection.
     patience: Duration,
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Object, orphans: Arc<Orphans>, patience: Duration) -> Self {
+    pub(crate) fn new(conn: Object, orphans: Arc<OrphanedWrites>, patience: Duration) -> Self {
         Self {
             conn: Some(conn),
             orphans,
@@ -115,25 +71,23 @@ impl Drop for Writer {
             // Nothing more will be answered on it; the pool discards it.
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Answered after everything already sent on this connection (a transaction the write
+        // had open is rolled back by tokio-postgres before it). Unanswered within the
+        // patience, or broken: the connection is closed and never reused (a statement still
+        // running on the server may yet apply; its caller was told the outcome is unknown).
+        if tokio::runtime::Handle::try_current().is_err() {
             // No runtime to drain on: the connection cannot be trusted any more.
             drop(Object::take(conn));
             return;
-        };
-        self.orphans.pending.fetch_add(1, Ordering::AcqRel);
-        let orphans = Arc::clone(&self.orphans);
+        }
         let patience = self.patience;
-        runtime.spawn(async move {
-            // Answered after everything already sent on this connection (a transaction the
-            // write had open is rolled back by tokio-postgres before it).
+        let drain = async move {
             match tokio::time::timeout(patience, conn.simple_query("")).await {
                 Ok(Ok(_)) => drop(conn),
-                // Broken, or the server did not answer in time: the connection is closed and
-                // never reused (a statement still running on the server may yet apply; its
-                // caller was told the outcome is unknown).
                 _ => drop(Object::take(conn)),
             }
-            orphans.finished();
-        });
+        };
+        // The drain gives up on its own after `patience`; the backstop is never reached.
+        self.orphans.drain_in_background(patience * 2, drain);
     }
 }

@@ -19,7 +19,7 @@ use state_core::{
 
 use crate::config::RedisConfig;
 use crate::error::{map_fred, map_fred_write};
-use crate::once::{eval_once, one_attempt};
+use crate::once::{Sending, eval_once, one_attempt};
 use crate::scripts;
 
 /// Keys asked per SCAN call.
@@ -36,6 +36,8 @@ struct Inner {
     cas: Script,
     get_ttl: Script,
     stats: StatsRecorder,
+    /// Writes dropped with a command possibly in flight (see [`Sending`]).
+    orphans: Arc<state_core::OrphanedWrites>,
 }
 
 /// A [`StateBackend`] on Redis or Redis Cluster through [fred](https://docs.rs/fred).
@@ -144,6 +146,7 @@ impl RedisStateBackend {
                 get_ttl: Script::from_lua(scripts::GET_WITH_TTL),
                 // A network call takes ~30 µs; timing one in 4 keeps percentiles meaningful.
                 stats: StatsRecorder::new(4),
+                orphans: state_core::OrphanedWrites::new(),
                 config,
             }),
         })
@@ -199,6 +202,18 @@ impl RedisStateBackend {
     /// Closes every connection.
     pub async fn close(&self) -> StateResult<()> {
         self.inner.pool.quit().await.map_err(map_fred)
+    }
+
+    /// A client for one write, once every earlier dropped write has been answered (so none
+    /// can reach Redis after this one); see [`Sending`].
+    async fn sending(&self) -> StateResult<Sending> {
+        let patience = self.inner.config.command_timeout;
+        self.inner.orphans.settled("redis", patience).await?;
+        Ok(Sending::new(
+            self.inner.pool.next().clone(),
+            Arc::clone(&self.inner.orphans),
+            patience,
+        ))
     }
 
     fn full_key(&self, key: &[u8]) -> Bytes {
@@ -303,13 +318,14 @@ impl RedisStateBackend {
             return Ok(0);
         }
         let groups = self.groups(keys.into_iter().enumerate().collect());
-        let client = self.inner.pool.next();
-        let pipe = client.pipeline().with_options(&one_attempt());
+        let sending = self.sending().await?;
+        let pipe = sending.client().pipeline().with_options(&one_attempt());
         for group in &groups {
             let keys: Vec<Bytes> = group.iter().map(|(_, k)| k.clone()).collect();
             let () = pipe.del(keys).await.map_err(map_fred_write)?;
         }
         let counts: Vec<i64> = pipe.all().await.map_err(map_fred_write)?;
+        sending.answered();
         Ok(counts.into_iter().map(|n| n.max(0) as usize).sum())
     }
 }
@@ -338,18 +354,23 @@ impl StateBackend for RedisStateBackend {
         StateFuture::boxed(async move {
             self.limits().check_entry(key, value)?;
             let timer = self.inner.stats.start();
-            let result: StateResult<()> = self
-                .inner
-                .pool
-                .set::<(), _, _>(
-                    self.full_key(key),
-                    Bytes::copy_from_slice(value),
-                    self.expiry(None),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(map_fred_write);
+            let result: StateResult<()> = async {
+                let sending = self.sending().await?;
+                sending
+                    .client()
+                    .set::<(), _, _>(
+                        self.full_key(key),
+                        Bytes::copy_from_slice(value),
+                        self.expiry(None),
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_err(map_fred_write)?;
+                sending.answered();
+                Ok(())
+            }
+            .await;
             self.inner.stats.observe(timer, OpKind::Put, 1, &result);
             result.map_err(|e| e.with_operation("put"))
         })
@@ -360,14 +381,18 @@ impl StateBackend for RedisStateBackend {
             self.limits().check_key(key)?;
             let timer = self.inner.stats.start();
             // One attempt: a re-sent DEL would answer 0 for the key its first copy removed.
-            let result: StateResult<i64> = self
-                .inner
-                .pool
-                .next()
-                .with_options(&one_attempt())
-                .del(self.full_key(key))
-                .await
-                .map_err(map_fred_write);
+            let result: StateResult<i64> = async {
+                let sending = self.sending().await?;
+                let n = sending
+                    .client()
+                    .with_options(&one_attempt())
+                    .del(self.full_key(key))
+                    .await
+                    .map_err(map_fred_write)?;
+                sending.answered();
+                Ok(n)
+            }
+            .await;
             self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
             Ok(result.map_err(|e| e.with_operation("delete"))? > 0)
         })
@@ -492,9 +517,9 @@ impl StateBackend for RedisStateBackend {
             return Ok(());
         }
         let timer = self.inner.stats.start();
-        let client = self.inner.pool.next();
-        let pipe = client.pipeline();
         let result: StateResult<()> = async {
+            let sending = self.sending().await?;
+            let pipe = sending.client().pipeline();
             if let Some(expire) = self.expiry(None) {
                 for (key, value) in entries {
                     let () = pipe
@@ -526,6 +551,7 @@ impl StateBackend for RedisStateBackend {
                 }
             }
             let _: Vec<Value> = pipe.all().await.map_err(map_fred_write)?;
+            sending.answered();
             Ok(())
         }
         .await;
@@ -553,18 +579,23 @@ impl StateBackend for RedisStateBackend {
         self.limits().check_entry(key, value)?;
         Limits::check_ttl(ttl)?;
         let timer = self.inner.stats.start();
-        let result: StateResult<()> = self
-            .inner
-            .pool
-            .set::<(), _, _>(
-                self.full_key(key),
-                Bytes::copy_from_slice(value),
-                self.expiry(Some(ttl)),
-                None,
-                false,
-            )
-            .await
-            .map_err(map_fred_write);
+        let result: StateResult<()> = async {
+            let sending = self.sending().await?;
+            sending
+                .client()
+                .set::<(), _, _>(
+                    self.full_key(key),
+                    Bytes::copy_from_slice(value),
+                    self.expiry(Some(ttl)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(map_fred_write)?;
+            sending.answered();
+            Ok(())
+        }
+        .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         result.map_err(|e| e.with_operation("put_with_ttl"))
     }
@@ -628,12 +659,18 @@ impl StateBackend for RedisStateBackend {
             ttl,
         ];
         // One attempt: a re-sent swap would compare against its own first copy's write.
-        let result: StateResult<i64> = eval_once(
-            self.inner.pool.next(),
-            &self.inner.cas,
-            vec![self.full_key(key)],
-            args,
-        )
+        let result: StateResult<i64> = async {
+            let sending = self.sending().await?;
+            let n = eval_once(
+                sending.client(),
+                &self.inner.cas,
+                vec![self.full_key(key)],
+                args,
+            )
+            .await?;
+            sending.answered();
+            Ok(n)
+        }
         .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         Ok(result.map_err(|e| e.with_operation("compare_and_swap"))? == 1)
@@ -649,20 +686,24 @@ impl StateBackend for RedisStateBackend {
         Limits::check_optional_ttl(ttl)?;
         let timer = self.inner.stats.start();
         // One attempt: a re-sent SET NX would be refused by its own first copy.
-        let result: StateResult<Option<()>> = self
-            .inner
-            .pool
-            .next()
-            .with_options(&one_attempt())
-            .set(
-                self.full_key(key),
-                Bytes::copy_from_slice(value),
-                self.expiry(ttl),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(map_fred_write);
+        let result: StateResult<Option<()>> = async {
+            let sending = self.sending().await?;
+            let set = sending
+                .client()
+                .with_options(&one_attempt())
+                .set(
+                    self.full_key(key),
+                    Bytes::copy_from_slice(value),
+                    self.expiry(ttl),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(map_fred_write)?;
+            sending.answered();
+            Ok(set)
+        }
+        .await;
         self.inner.stats.observe(timer, OpKind::Put, 1, &result);
         Ok(result
             .map_err(|e| e.with_operation("set_if_not_exists"))?
@@ -673,14 +714,18 @@ impl StateBackend for RedisStateBackend {
         self.limits().check_key(key)?;
         let timer = self.inner.stats.start();
         // One attempt: a re-sent GETDEL would answer None, and the value would be gone.
-        let result: StateResult<Option<Bytes>> = self
-            .inner
-            .pool
-            .next()
-            .with_options(&one_attempt())
-            .getdel(self.full_key(key))
-            .await
-            .map_err(map_fred_write);
+        let result: StateResult<Option<Bytes>> = async {
+            let sending = self.sending().await?;
+            let value = sending
+                .client()
+                .with_options(&one_attempt())
+                .getdel(self.full_key(key))
+                .await
+                .map_err(map_fred_write)?;
+            sending.answered();
+            Ok(value)
+        }
+        .await;
         self.inner.stats.observe(timer, OpKind::Delete, 1, &result);
         result.map_err(|e| e.with_operation("get_and_delete"))
     }

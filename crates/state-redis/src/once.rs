@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::types::config::Options;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
@@ -63,5 +63,63 @@ pub async fn eval_once<R: FromValue>(
                 .map_err(map_fred_write)
         }
         result => result.map_err(map_fred_write),
+    }
+}
+
+/// One write's client. Dropped before [`Sending::answered`] (the caller's future was dropped
+/// with the command possibly queued or on the wire, or the command failed), a spawned task
+/// sends `PING` behind it on the same connection (each primary's, in a Cluster) and later
+/// writes wait ([`state_core::OrphanedWrites`]) until that answers, so the dropped command
+/// cannot reach Redis after a later acknowledged write sent on another pooled connection.
+pub(crate) struct Sending {
+    client: Client,
+    orphans: std::sync::Arc<state_core::OrphanedWrites>,
+    patience: std::time::Duration,
+    armed: bool,
+}
+
+impl Sending {
+    pub(crate) fn new(
+        client: Client,
+        orphans: std::sync::Arc<state_core::OrphanedWrites>,
+        patience: std::time::Duration,
+    ) -> Self {
+        Self {
+            client,
+            orphans,
+            patience,
+            armed: true,
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Redis answered the write: nothing of it is left in flight.
+    pub(crate) fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let client = self.client.clone();
+        self.orphans.drain_in_background(self.patience, async move {
+            if client.is_clustered() {
+                let primaries = client
+                    .cached_cluster_state()
+                    .map(|state| state.unique_primary_nodes())
+                    .unwrap_or_default();
+                for node in primaries {
+                    let _: Result<Value, _> = client.with_cluster_node(node).ping(None).await;
+                }
+            } else {
+                let _: Result<Value, _> = client.ping(None).await;
+            }
+        });
     }
 }

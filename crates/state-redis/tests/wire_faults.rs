@@ -82,7 +82,9 @@ fn check<T: PartialEq + Debug>(op: &str, answer: StateResult<T>, truth: &T) -> b
 /// Waits until `backend` answers again after its connection was reset (fred reconnects).
 async fn recovered(backend: &RedisStateBackend) {
     let until = Instant::now() + Duration::from_secs(10);
-    while backend.get(b"probe").await.is_err() {
+    // A write: it also waits until the backend has drained the connection of an earlier
+    // write whose reply was lost (a PING behind it), so that PING cannot meet the next fault.
+    while backend.put(b"probe", b"1").await.is_err() {
         assert!(Instant::now() < until, "the backend did not reconnect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
