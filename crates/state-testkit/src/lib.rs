@@ -7,6 +7,7 @@ use state_core::{StateBackend, StateResult};
 
 pub mod cases;
 pub mod linearizability;
+pub mod lock_history;
 mod proof;
 mod reference;
 mod support;
