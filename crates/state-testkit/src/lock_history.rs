@@ -230,15 +230,15 @@ impl std::error::Error for Violation {}
 ///
 /// # Errors
 ///
-/// The first [`Violation`] found, naming both holds.
-pub fn check(holds: &[Hold]) -> Result<Summary, Violation> {
+/// The first [`Violation`] found, naming both holds (boxed: holds are large).
+pub fn check(holds: &[Hold]) -> Result<Summary, Box<Violation>> {
     let mut by_token: HashMap<u64, &Hold> = HashMap::with_capacity(holds.len());
     for hold in holds {
         if let Some(first) = by_token.insert(hold.token, hold) {
-            return Err(Violation::DuplicateToken {
+            return Err(Box::new(Violation::DuplicateToken {
                 first: first.clone(),
                 second: hold.clone(),
-            });
+            }));
         }
     }
     let mut counted: Vec<&Hold> = holds.iter().filter(|h| h.counts()).collect();
@@ -249,18 +249,18 @@ pub fn check(holds: &[Hold]) -> Result<Summary, Violation> {
     for &hold in &counted {
         if let Some(f) = furthest {
             if hold.acquired < f.believed_until {
-                return Err(Violation::Overlap {
+                return Err(Box::new(Violation::Overlap {
                     first: f.clone(),
                     second: hold.clone(),
-                });
+                }));
             }
         }
         if let Some(p) = previous {
             if hold.token <= p.token {
-                return Err(Violation::TokenNotIncreasing {
+                return Err(Box::new(Violation::TokenNotIncreasing {
                     earlier: p.clone(),
                     later: hold.clone(),
-                });
+                }));
             }
         }
         if furthest.is_none_or(|f| hold.believed_until > f.believed_until) {
@@ -314,10 +314,13 @@ mod tests {
     fn overlap_is_reported_with_both_holders() {
         let holds = [hold("a", 1, 0, 10), hold("b", 2, 9, 20)];
         let err = check(&holds).unwrap_err();
-        assert!(matches!(&err, Violation::Overlap { first, second }
+        assert!(matches!(&*err, Violation::Overlap { first, second }
             if first.holder == "a" && second.holder == "b"));
         let text = err.to_string();
-        assert!(text.contains("two holders at once for 1000000 ns"), "{text}");
+        assert!(
+            text.contains("two holders at once for 1000000 ns"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -329,11 +332,11 @@ mod tests {
             hold("c", 3, 30, 40),
         ];
         let err = check(&holds).unwrap_err();
-        assert!(matches!(&err, Violation::Overlap { first, second }
+        assert!(matches!(&*err, Violation::Overlap { first, second }
             if first.holder == "a" && second.holder == "b"));
         let holds = [hold("a", 1, 0, 100), hold("c", 3, 30, 40)];
         assert!(matches!(
-            check(&holds).unwrap_err(),
+            *check(&holds).unwrap_err(),
             Violation::Overlap { .. }
         ));
     }
@@ -355,7 +358,7 @@ mod tests {
         assert_eq!(summary.counted, 2);
         let holds = [hold("a", 2, 30, 30).lost(), hold("b", 2, 12, 40)];
         assert!(matches!(
-            check(&holds).unwrap_err(),
+            *check(&holds).unwrap_err(),
             Violation::DuplicateToken { .. }
         ));
     }
@@ -364,8 +367,10 @@ mod tests {
     fn tokens_must_increase_in_interval_order() {
         let holds = [hold("a", 5, 0, 10), hold("b", 4, 10, 20)];
         let err = check(&holds).unwrap_err();
-        assert!(matches!(&err, Violation::TokenNotIncreasing { earlier, later }
-            if earlier.token == 5 && later.token == 4));
+        assert!(
+            matches!(&*err, Violation::TokenNotIncreasing { earlier, later }
+            if earlier.token == 5 && later.token == 4)
+        );
         assert!(err.to_string().contains("did not increase"));
     }
 
@@ -373,7 +378,7 @@ mod tests {
     fn duplicate_tokens_are_reported() {
         let holds = [hold("a", 5, 0, 10), hold("b", 5, 10, 20)];
         assert!(matches!(
-            check(&holds).unwrap_err(),
+            *check(&holds).unwrap_err(),
             Violation::DuplicateToken { .. }
         ));
     }
