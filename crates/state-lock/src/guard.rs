@@ -213,12 +213,20 @@ impl LockGuard {
     /// Stops renewal and releases the lease; `Ok(true)` when it was still held (nobody else
     /// can have taken it in between), `Ok(false)` when it had already expired or been taken
     /// over, an error when the server could not be asked (the lease then expires at its TTL).
+    ///
+    /// A renewal in flight is let finish first (it is bounded by the lease's local deadline):
+    /// cut off mid-call it could leave the lease's session unusable (a PostgreSQL advisory
+    /// lock's connection is closed when its renewal is dropped), and the release would then
+    /// answer `false` for a lease that was held.
     pub async fn release(mut self) -> StateResult<bool> {
+        // The renewal task stops at its next pause once it sees `Released`.
+        self.set_status(LeaseStatus::Released);
         if let Some(task) = self.renewal.take() {
-            task.abort();
+            // If this future is dropped here, the guard's `Drop` still releases the lease in
+            // the background (it is not taken out yet).
+            let _ = task.await;
         }
         let lease = self.lease.take().expect("release consumes the guard");
-        self.set_status(LeaseStatus::Released);
         self.lock.release_lease(&lease).await
     }
 
@@ -283,9 +291,12 @@ async fn renew(
             }
         });
     };
+    let mut status = state.subscribe();
     loop {
         tokio::select! {
             biased;
+            // Released: stop between renewals, never in the middle of one.
+            _ = status.wait_for(|s| s.status == LeaseStatus::Released) => return,
             () = tokio::time::sleep_until(deadline) => {
                 lose("no renewal succeeded before the local deadline");
                 return;

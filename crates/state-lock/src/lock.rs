@@ -353,6 +353,16 @@ pub(crate) async fn within<T>(
 /// renewal, waiting, timeouts) is provided on top. The trait is object safe: hold locks as
 /// `Arc<dyn DistributedLock>` and swap Redis for PostgreSQL in one line.
 ///
+/// # Cancellation
+///
+/// Dropping an acquisition (`try_lease`, `try_acquire`, `acquire`, `acquire_timeout`) before
+/// it answered never leaves the lock held by an owner nobody knows: a grant that may have
+/// happened is released in the background (or, for a session lock, its connection is
+/// closed). Dropping [`LockGuard::release`] before it answered still releases: the guard's
+/// drop does it in the background. Without a tokio runtime at hand, the lease expires at its
+/// TTL. `state_testkit::lock_suite!` checks both at every poll and at deadlines over the
+/// round trip, for every lock this crate ships.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use std::time::Duration;

@@ -576,7 +576,10 @@ impl DistributedLock for AdvisoryCore {
         .await
     }
 
-    async fn renew_lease(&self, lease: &Lease, _ttl: Duration) -> StateResult<bool> {
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StateResult<bool> {
+        // The session keeps the lock, so the TTL changes nothing on the server; it is still
+        // checked, as every lock checks it, so a bad TTL fails the same way everywhere.
+        check_ttl(ttl)?;
         let session = session(lease)?;
         let Some(client) = session.client() else {
             return Ok(false);

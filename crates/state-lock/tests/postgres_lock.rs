@@ -7,63 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::{Target, env, unique};
 use state_core::ErrorKind;
-use state_lock::{
-    DistributedLock, FencingToken, Lease, PostgresAdvisoryLock, PostgresLock, new_owner_token,
-};
+use state_lock::{DistributedLock, FencingToken, PostgresAdvisoryLock, PostgresLock};
 use state_postgres::PostgresStateBackend;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lease_16_tasks_in_2_processes_never_hold_at_once() {
-    common::contention(
-        Target::PgLease,
-        "lease_16_tasks_in_2_processes_never_hold_at_once",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn advisory_16_tasks_in_2_processes_never_hold_at_once() {
-    common::contention(
-        Target::PgAdvisory,
-        "advisory_16_tasks_in_2_processes_never_hold_at_once",
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn seed_api_is_exclusive_and_not_reentrant() {
-    common::seed_api(Target::PgLease).await;
-    common::seed_api(Target::PgAdvisory).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_strictly_increase() {
-    common::tokens_increase(Target::PgLease).await;
-    common::tokens_increase(Target::PgAdvisory).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn with_lock_releases_on_success_error_and_panic() {
-    common::with_lock_releases(Target::PgLease).await;
-    common::with_lock_releases(Target::PgAdvisory).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn renewal_keeps_the_lock_past_its_ttl() {
-    common::renewal_keeps_the_lock(Target::PgLease).await;
-    common::renewal_keeps_the_lock(Target::PgAdvisory).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dropped_guards_release_or_expire() {
-    common::drop_releases(Target::PgLease, true).await;
-    // An advisory lock dropped outside a runtime is released when its connection closes.
-    common::drop_releases(Target::PgAdvisory, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_is_a_typed_error() {
-    common::bad_input(Target::PgLease).await;
+async fn bad_names_are_a_typed_error() {
     let err = PostgresLock::new(&env("STATE_POSTGRES_URL"), "")
         .await
         .unwrap_err();
@@ -77,48 +25,21 @@ async fn stale_holder_write_is_refused_lease() {
     common::stale_holder_write_is_refused(Target::PgLease).await;
 }
 
+/// The seed API on PostgreSQL: another instance's `unlock` is refused and its `try_lock`
+/// answers `false` while the lock is held (forged leases are in the shared lock suite).
 #[tokio::test(flavor = "multi_thread")]
-async fn leader_failover_is_bounded() {
-    common::leader_failover(Target::PgLease).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn non_owner_cannot_release_or_renew() {
+async fn seed_calls_of_another_instance_are_refused() {
     let name = unique("owner");
     let lock = PostgresLock::new(&env("STATE_POSTGRES_URL"), &name)
         .await
         .unwrap();
     let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
-    let forged = Lease::new(new_owner_token(), guard.token());
-    assert!(!lock.release_lease(&forged).await.unwrap());
-    assert!(
-        !lock
-            .renew_lease(&forged, Duration::from_secs(60))
-            .await
-            .unwrap()
-    );
     let other = PostgresLock::new(&env("STATE_POSTGRES_URL"), &name)
         .await
         .unwrap();
     assert!(!other.unlock().await.unwrap());
     assert!(!other.try_lock(Duration::from_secs(5)).await.unwrap());
     assert!(guard.release().await.unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lease_expires_when_the_holder_stops_renewing() {
-    let lock = PostgresLock::new(&env("STATE_POSTGRES_URL"), &unique("expiry"))
-        .await
-        .unwrap();
-    let ttl = Duration::from_millis(300);
-    let lease = lock.try_lease(ttl).await.unwrap().expect("free");
-    assert!(lock.try_lease(ttl).await.unwrap().is_none());
-    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let next = lock.try_lease(ttl).await.unwrap().expect("expired");
-    assert!(next.token() > lease.token());
-    assert!(!lock.renew_lease(&lease, ttl).await.unwrap());
-    assert!(!lock.release_lease(&lease).await.unwrap());
-    assert!(lock.release_lease(&next).await.unwrap());
 }
 
 /// The advisory lock lives on a dedicated connection, never a pooled one: while it is held,
@@ -165,45 +86,6 @@ async fn advisory_lock_is_never_on_a_pooled_connection() {
         .unwrap()
         .expect("free again");
     assert!(again.release().await.unwrap());
-}
-
-/// Killing the advisory lock's session (a lost connection) frees the lock on the server and
-/// the guard reports the loss.
-#[tokio::test(flavor = "multi_thread")]
-async fn advisory_session_loss_is_reported() {
-    let backend = PostgresStateBackend::new(env("STATE_POSTGRES_URL"), "state_lock_test")
-        .await
-        .unwrap();
-    let name = unique("advisory-kill");
-    let lock = PostgresAdvisoryLock::from_backend(&backend, &name)
-        .await
-        .unwrap()
-        .with_options(common::fast_options());
-    let guard = lock.acquire(Duration::from_millis(600)).await.unwrap();
-    let admin = backend.pool().get().await.unwrap();
-    let killed: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND granted",
-            &[&state_lock::ADVISORY_CLASS, &name],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1);
-    tokio::time::timeout(Duration::from_secs(2), guard.lost())
-        .await
-        .unwrap();
-    let other = PostgresAdvisoryLock::from_backend(&backend, &name)
-        .await
-        .unwrap();
-    let g = other
-        .acquire_timeout(Duration::from_secs(5), Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(g.token() > guard.token());
-    assert!(!guard.release().await.unwrap());
-    g.release().await.unwrap();
 }
 
 /// Fencing tokens come from a sequence: they keep increasing across a crash and restart.

@@ -6,58 +6,11 @@ use std::time::{Duration, Instant};
 
 use common::{Target, env, unique};
 use state_core::{ErrorKind, StateBackend};
-use state_lock::{DistributedLock, FencingToken, Lease, LeaseStatus, RedisLock, new_owner_token};
+use state_lock::{DistributedLock, FencingToken, RedisLock};
 use state_redis::{RedisConfig, RedisStateBackend};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn standalone_16_tasks_in_2_processes_never_hold_at_once() {
-    common::contention(
-        Target::Redis,
-        "standalone_16_tasks_in_2_processes_never_hold_at_once",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cluster_16_tasks_in_2_processes_never_hold_at_once() {
-    common::contention(
-        Target::RedisCluster,
-        "cluster_16_tasks_in_2_processes_never_hold_at_once",
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn seed_api_is_exclusive_and_not_reentrant() {
-    common::seed_api(Target::Redis).await;
-    common::seed_api(Target::RedisCluster).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_strictly_increase() {
-    common::tokens_increase(Target::Redis).await;
-    common::tokens_increase(Target::RedisCluster).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn with_lock_releases_on_success_error_and_panic() {
-    common::with_lock_releases(Target::Redis).await;
-    common::with_lock_releases(Target::RedisCluster).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn renewal_keeps_the_lock_past_its_ttl() {
-    common::renewal_keeps_the_lock(Target::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dropped_guards_release_or_expire() {
-    common::drop_releases(Target::Redis, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_is_a_typed_error() {
-    common::bad_input(Target::Redis).await;
+async fn bad_names_are_a_typed_error() {
     let err = RedisLock::new(&env("STATE_REDIS_URL"), "")
         .await
         .unwrap_err();
@@ -86,11 +39,6 @@ async fn stale_holder_write_is_refused_standalone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_holder_write_is_refused_cluster() {
     common::stale_holder_write_is_refused(Target::RedisCluster).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn leader_failover_is_bounded() {
-    common::leader_failover(Target::Redis).await;
 }
 
 /// The seed's constructor and calls, verbatim.
@@ -125,81 +73,6 @@ async fn seed_calls_work() {
         .await
         .unwrap();
     assert_eq!(out, "done");
-}
-
-/// Release and renewal compare the owner: a forged lease (another owner) changes nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn non_owner_cannot_release_or_renew() {
-    let lock = RedisLock::new(&env("STATE_REDIS_URL"), &unique("owner"))
-        .await
-        .unwrap();
-    let guard = lock.acquire(Duration::from_secs(5)).await.unwrap();
-    let forged = Lease::new(new_owner_token(), guard.token());
-    assert!(!lock.release_lease(&forged).await.unwrap());
-    assert!(
-        !lock
-            .renew_lease(&forged, Duration::from_secs(60))
-            .await
-            .unwrap()
-    );
-    assert!(
-        lock.try_acquire(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(guard.release().await.unwrap());
-}
-
-/// A lease nobody renews (the holder stopped) expires at its TTL and the next holder gets a
-/// higher token; the old owner can then neither renew nor release.
-#[tokio::test(flavor = "multi_thread")]
-async fn lease_expires_when_the_holder_stops_renewing() {
-    let lock = RedisLock::new(&env("STATE_REDIS_URL"), &unique("expiry"))
-        .await
-        .unwrap();
-    let ttl = Duration::from_millis(300);
-    let lease = lock.try_lease(ttl).await.unwrap().expect("free");
-    assert!(lock.try_lease(ttl).await.unwrap().is_none());
-    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
-    let next = lock.try_lease(ttl).await.unwrap().expect("expired");
-    assert!(next.token() > lease.token());
-    assert!(!lock.renew_lease(&lease, ttl).await.unwrap());
-    assert!(!lock.release_lease(&lease).await.unwrap());
-    assert!(lock.release_lease(&next).await.unwrap());
-}
-
-/// A guard whose lease was taken away reports it lost through `lost()` and `watch()` at the
-/// next renewal, and `release()` says it was not held.
-#[tokio::test(flavor = "multi_thread")]
-async fn guard_reports_a_refused_renewal() {
-    let backend = RedisStateBackend::new(
-        RedisConfig::builder()
-            .url(env("STATE_REDIS_URL"))
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let lock = RedisLock::from_backend(&backend, &unique("stolen")).unwrap();
-    let guard = lock.acquire(Duration::from_millis(600)).await.unwrap();
-    let mut watch = guard.watch();
-    let client = backend.pool().next().clone();
-    let _: i64 = fred::prelude::KeysInterface::del(&client, lock.owner_key())
-        .await
-        .unwrap();
-    let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(2), guard.lost())
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "{:?}",
-        started.elapsed()
-    );
-    watch.wait_for(|s| *s == LeaseStatus::Lost).await.unwrap();
-    assert_eq!(guard.status(), LeaseStatus::Lost);
-    assert!(!guard.release().await.unwrap());
 }
 
 /// A throwaway redis-server of this test's own.

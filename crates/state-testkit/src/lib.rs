@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
@@ -7,11 +8,20 @@ use state_core::{StateBackend, StateResult};
 
 pub mod cases;
 pub mod linearizability;
+#[cfg(feature = "locks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "locks")))]
+pub mod lock_cases;
+pub mod lock_history;
+#[cfg(feature = "locks")]
+mod locks;
 mod proof;
 mod reference;
 mod support;
 mod yielding;
 
+#[cfg(feature = "locks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "locks")))]
+pub use locks::LockFactory;
 pub use reference::ReferenceBackend;
 pub use support::{FailingScan, unique_namespace};
 pub use yielding::{Yielding, YieldingIo};
