@@ -774,6 +774,10 @@ fn before_or_after(
     })
 }
 
+/// How long the cancellation case waits, after each operation's last attempt, for late work
+/// of the attempts dropped before it.
+const SETTLE: Duration = Duration::from_millis(40);
+
 /// Every operation's future is dropped after k polls, for every k until it completes, over a
 /// backend slowed by [`crate::Yielding`] under its wrappers (see
 /// [`BackendFactory::open_slowed`]) so every await point is reached. After each drop a
@@ -827,6 +831,29 @@ pub async fn proof_cancelled_operations_leave_before_or_after_state(factory: &dy
                 assert!(
                     entries_match(&state, &after, compare_ttl),
                     "{step:?} completed, but the state is {state:?}, not the model's {after:?}"
+                );
+                // Work a dropped attempt left behind (a re-send, a background task) may land
+                // later than the few milliseconds each attempt waits: an acknowledged write on
+                // the touched key, time for such work to land, and then nothing may have
+                // changed.
+                backend
+                    .put(&follow, FOLLOW_VALUE)
+                    .await
+                    .expect("the follow-up put after the completed operation");
+                tokio::time::sleep(SETTLE).await;
+                let settled = observe(&*backend, &universe, &follow, step, k).await;
+                let mut expected = as_map(&state);
+                expected.insert(follow.clone(), (Bytes::from_static(FOLLOW_VALUE), None));
+                let settled_map = as_map(&settled);
+                let stable = settled_map.len() == expected.len()
+                    && expected.iter().all(|(key, slot)| {
+                        same_slot(Some(slot), settled_map.get(key), compare_ttl)
+                    });
+                assert!(
+                    stable,
+                    "{step:?}: the state changed {SETTLE:?} after a later acknowledged put of \
+                     {follow:?} (work of an attempt dropped earlier landed late):\nexpected: \
+                     {expected:?}\nlater: {settled:?}"
                 );
                 break;
             }
