@@ -3,6 +3,7 @@
 
 mod backend;
 mod config;
+mod conn;
 mod conninfo;
 mod error;
 mod ops;
