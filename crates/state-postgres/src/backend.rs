@@ -354,11 +354,14 @@ impl PostgresStateBackend {
         if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
-            let (rows, lsn) = futures_util::try_join!(
+            // `join!`, not `try_join!`: both answers are awaited even when the first fails,
+            // so a statement error never leaves the other abandoned (which would cost the
+            // connection).
+            let (rows, lsn) = futures_util::join!(
                 client.query(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
-            )
-            .map_err(map_pg_write)?;
+            );
+            let (rows, lsn) = (rows.map_err(map_pg_write)?, lsn.map_err(map_pg_write)?);
             self.inner.record_write_lsn(lsn.get::<_, i64>(0));
             Ok(rows)
         } else {
@@ -374,11 +377,11 @@ impl PostgresStateBackend {
         if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
-            let (n, lsn) = futures_util::try_join!(
+            let (n, lsn) = futures_util::join!(
                 client.execute(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
-            )
-            .map_err(map_pg_write)?;
+            );
+            let (n, lsn) = (n.map_err(map_pg_write)?, lsn.map_err(map_pg_write)?);
             self.inner.record_write_lsn(lsn.get::<_, i64>(0));
             Ok(n)
         } else {
@@ -429,10 +432,11 @@ impl PostgresStateBackend {
                 // The check runs before the read on the same connection, so a true check
                 // means the read's snapshot includes every write this handle made.
                 let check_params: [&(dyn ToSql + Sync); 1] = [&need];
-                let (replayed, rows) = futures_util::try_join!(
+                let (replayed, rows) = futures_util::join!(
                     client.query_one(&check, &check_params),
                     client.query(&stmt, params)
-                )?;
+                );
+                let (replayed, rows) = (replayed?, rows?);
                 Ok::<_, tokio_postgres::Error>(replayed.get::<_, bool>(0).then_some(rows))
             } else {
                 Ok(Some(client.query(&stmt, params).await?))

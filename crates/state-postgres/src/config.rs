@@ -524,9 +524,10 @@ impl PostgresConfigBuilder {
     /// that the server still answers, with a `SELECT 1` that must be answered within the
     /// same interval. A half-open connection (a server or network that stopped answering
     /// without closing it, which TCP keepalives may not notice for minutes) is therefore
-    /// detected within twice this interval: the subscription then yields its retryable
-    /// `Connection` error and reconnects. Default 5 s (detection within 10 s); `None` leaves
-    /// detection to TCP keepalives alone.
+    /// detected within twice this interval (plus a few milliseconds of timer and scheduling
+    /// slack): the subscription then yields its retryable `Connection` error and
+    /// reconnects. Default 5 s (detection within 10 s); `None` leaves detection to TCP
+    /// keepalives alone.
     pub fn listen_heartbeat(mut self, interval: Option<Duration>) -> Self {
         self.listen_heartbeat = interval;
         self

@@ -96,8 +96,8 @@ impl PostgresStateBackend {
     /// A connection that stays open but stops answering (half-open: a dead peer behind a
     /// NAT or proxy, a hung server) counts as dropped once a heartbeat `SELECT 1` goes
     /// unanswered: with [`crate::PostgresConfigBuilder::listen_heartbeat`] at `h` (default
-    /// 5 s) it is detected within `2 h` (TCP keepalives, idle after 30 s, cover a peer that
-    /// is gone entirely).
+    /// 5 s) it is detected within `2 h` plus a few milliseconds of timer slack (TCP
+    /// keepalives, idle after 30 s, cover a peer that is gone entirely).
     pub async fn subscribe(&self, channel: &str) -> StateResult<Subscription> {
         let name = self.channel_name(channel)?;
         let (tx, rx) = mpsc::channel(BUFFER);
