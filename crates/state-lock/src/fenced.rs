@@ -35,6 +35,10 @@ pub const FENCE_TABLE: &str = "state_lock_fences";
 /// - **PostgreSQL**: one statement. The highest token is kept per lock name in
 ///   `state_lock_fences`; a CTE raises it only when `token >= stored` and writes the row into
 ///   the backend's table only when that succeeded. Both are one transaction (the statement's).
+///   It runs through the backend's own write path
+///   ([`PostgresStateBackend::execute_write`]): its command timeout, `OutcomeUnknown` when
+///   the reply is lost, and read-your-writes (a `get` through the same backend sees the
+///   write even while replicas lag).
 ///
 /// The write honours the backend's default TTL, like `put`.
 ///
@@ -215,27 +219,41 @@ async fn pg_put(
         .map(|t| t.as_millis().clamp(1, i64::MAX as u128) as i64);
     let token = i64::try_from(fence.token().get())
         .map_err(|_| StateError::invalid_input("PostgreSQL fencing tokens fit in an int8"))?;
-    let client = backend.pool().get().await.map_err(map_pool)?;
+    // Through the backend's own write path: its command timeout and cancellation, the
+    // outcome-unknown rules, and read-your-writes (the write's WAL position is remembered,
+    // so a `get` through this backend sees it even while replicas lag).
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&fence.lock(), &token, &key, &value, &ttl_ms];
     for attempt in 0..2 {
-        let stmt = match client.prepare_cached(&sql).await {
-            Ok(stmt) => stmt,
-            Err(err) if attempt == 0 && err.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                create_fence_table(&client, &fences).await?;
-                continue;
+        match backend.execute_write("put_fenced", &sql, &params).await {
+            Ok(rows) => {
+                let written: i64 = rows.first().map_or(0, |row| row.get(0));
+                return Ok(written == 1);
             }
-            Err(err) => return Err(map_pg(err).with_operation("put_fenced")),
-        };
-        let written: i64 = client
-            .query_one(&stmt, &[&fence.lock(), &token, &key, &value, &ttl_ms])
-            .await
-            .map_err(|e| state_postgres::map_write_error(e).with_operation("put_fenced"))?
-            .get(0);
-        return Ok(written == 1);
+            Err(err) if attempt == 0 && is_undefined_table(&err) => {
+                // Refused at prepare, before anything was sent: create the table, retry.
+                let client = backend.pool().get().await.map_err(map_pool)?;
+                create_fence_table(&client, &fences).await?;
+            }
+            Err(err) => return Err(err),
+        }
     }
     Err(
         StateError::backend("put_fenced: the fence table could not be created")
             .with_operation("put_fenced"),
     )
+}
+
+/// Whether `err` (or an error it wraps) is PostgreSQL's "relation does not exist".
+fn is_undefined_table(err: &StateError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(pg) = current.downcast_ref::<tokio_postgres::Error>() {
+            return pg.code() == Some(&SqlState::UNDEFINED_TABLE);
+        }
+        source = current.source();
+    }
+    false
 }
 
 async fn create_fence_table(client: &deadpool_postgres::Object, fences: &str) -> StateResult<()> {

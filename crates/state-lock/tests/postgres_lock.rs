@@ -150,3 +150,98 @@ async fn unreachable_server_fails_fast() {
     );
     assert!(!format!("{err} {err:?}").contains("pw-secret"));
 }
+
+/// Resumes WAL replay on the replica at `url` when dropped (also during a panic unwind).
+struct ReplayPaused(String);
+
+impl Drop for ReplayPaused {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .execute("SELECT pg_wal_replay_resume()", &[])
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Read-your-writes covers fenced writes: right after `put_fenced` on a PostgreSQL backend
+/// in `ReadYourWrites` mode, a `get` through that backend sees the write although the
+/// replica has stopped replaying (it served the old value before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_write_is_read_back_while_the_replica_lags() {
+    use state_core::StateBackend;
+    use state_lock::FencedWrite;
+    use state_postgres::{PostgresConfig, ReadConsistency};
+
+    let table = unique("ryw_fenced").replace('-', "_");
+    let replica = env("STATE_POSTGRES_REPLICA_URLS")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let config = PostgresConfig::builder()
+        .url(env("STATE_POSTGRES_URL"))
+        .replica_urls([replica.clone()])
+        .read_consistency(ReadConsistency::ReadYourWrites)
+        .table(table.as_str())
+        .sweep_interval(None)
+        .build()
+        .unwrap();
+    let backend = PostgresStateBackend::with_config(config).await.unwrap();
+    backend.put(b"k", b"old").await.unwrap();
+    // Until the replica serves the old value: it has replayed every write so far.
+    let started = Instant::now();
+    loop {
+        let (before, _) = backend.replica_read_counts();
+        let got = backend.get(b"k").await.unwrap();
+        let (after, _) = backend.replica_read_counts();
+        if after > before && got.as_deref() == Some(b"old".as_slice()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no catch-up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lock = PostgresLock::from_backend(&backend, &unique("ryw-lock"))
+        .await
+        .unwrap()
+        .with_options(common::fast_options());
+    let guard = lock.acquire(Duration::from_secs(10)).await.unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&replica, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap();
+    let paused = ReplayPaused(replica);
+    assert!(
+        backend
+            .put_fenced(b"k", b"new", &guard.fence())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        backend.get(b"k").await.unwrap().as_deref(),
+        Some(b"new".as_slice()),
+        "a read after a fenced write missed it"
+    );
+    drop(paused);
+    guard.release().await.unwrap();
+    backend.clear().await.unwrap();
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::stream::{self, StreamExt};
 use state_core::{
     Capabilities, Entry, Limits, OpKind, PoolStats, ScanStream, StateBackend, StateError,
@@ -20,9 +20,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::config::{PostgresConfig, ReadConsistency, TableName};
+use crate::conn::Conn;
 use crate::conninfo::ConnTarget;
-use crate::drain::Writer;
-use crate::error::{map_pg, map_pg_write, map_pool};
+use crate::error::{map_pg, map_pg_write};
 use crate::schema::{self, Sql};
 use crate::tls::Connector;
 
@@ -35,10 +35,16 @@ const REPLAYED: &str =
 /// Parameters of one statement.
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
+/// One read replica: its pool, and the connector its connections (and cancel requests) use.
+pub(crate) struct Replica {
+    pub(crate) pool: Pool,
+    pub(crate) connector: Connector,
+}
+
 pub(crate) struct Inner {
     pub(crate) config: PostgresConfig,
     pub(crate) primary: Pool,
-    replicas: Vec<Pool>,
+    replicas: Vec<Replica>,
     next_replica: AtomicUsize,
     /// Highest primary WAL position this handle has written (read-your-writes mode).
     written_lsn: AtomicI64,
@@ -48,9 +54,9 @@ pub(crate) struct Inner {
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
     swept: AtomicU64,
+    /// Writes dropped with a statement in flight (see [`crate::conn`]).
+    pub(crate) orphans: Arc<state_core::OrphanedWrites>,
     sweeper: Sweeper,
-    /// Writes dropped with a statement in flight (see [`crate::drain`]).
-    orphans: Arc<state_core::OrphanedWrites>,
 }
 
 /// A [`StateBackend`] on PostgreSQL through tokio-postgres and a deadpool connection pool.
@@ -185,7 +191,11 @@ impl PostgresStateBackend {
         let replicas = config
             .replicas
             .iter()
-            .map(|target| build_pool(&config, target, &Connector::new(&target.tls)?))
+            .map(|target| {
+                let connector = Connector::new(&target.tls)?;
+                let pool = build_pool(&config, target, &connector)?;
+                Ok(Replica { pool, connector })
+            })
             .collect::<StateResult<Vec<_>>>()?;
         let sql = Sql::new(&config.table);
         let backend = Self {
@@ -202,14 +212,19 @@ impl PostgresStateBackend {
                 primary_fallbacks: AtomicU64::new(0),
                 swept: AtomicU64::new(0),
                 sweeper: Sweeper::new(),
-                orphans: Arc::default(),
+                orphans: state_core::OrphanedWrites::new(),
                 config,
             }),
         };
         backend
             .timed("connect", async {
                 let mut client = backend.primary().await?;
-                schema::migrate(&mut client, &backend.inner.config.table).await?;
+                let busy = client.in_flight();
+                busy.run(schema::migrate(
+                    client.object_mut(),
+                    &backend.inner.config.table,
+                ))
+                .await?;
                 if !backend.inner.replicas.is_empty() {
                     // Read-your-writes covers the schema too: no replica read before the
                     // replica has the table.
@@ -272,7 +287,7 @@ impl PostgresStateBackend {
     pub fn close(&self) {
         self.inner.primary.close();
         for replica in &self.inner.replicas {
-            replica.close();
+            replica.pool.close();
         }
     }
 
@@ -316,20 +331,22 @@ impl PostgresStateBackend {
         }
     }
 
-    pub(crate) async fn primary(&self) -> StateResult<Object> {
-        self.inner.primary.get().await.map_err(map_pool)
+    /// A primary connection that is cancelled and closed, not reused, when dropped with a
+    /// statement in flight (see [`Conn`]).
+    pub(crate) async fn primary(&self) -> StateResult<Conn> {
+        Conn::checkout(&self.inner.primary, &self.inner.connector).await
     }
 
-    /// A primary connection for a write, once every earlier cancelled write has been
-    /// answered by the server (so none can land after this one); see [`crate::drain`].
-    pub(crate) async fn writer(&self) -> StateResult<Writer> {
+    /// A primary connection for a write, once every earlier write dropped with its statement
+    /// in flight has been answered by the server (so none can land after this one); see
+    /// [`crate::conn`].
+    pub(crate) async fn writer(&self) -> StateResult<Conn> {
         let patience = self.inner.config.command_timeout;
         self.inner.orphans.settled("postgres", patience).await?;
-        Ok(Writer::new(
-            self.primary().await?,
-            Arc::clone(&self.inner.orphans),
-            patience,
-        ))
+        Ok(self
+            .primary()
+            .await?
+            .for_writes(Arc::clone(&self.inner.orphans), patience))
     }
 
     fn read_your_writes(&self) -> bool {
@@ -349,48 +366,43 @@ impl PostgresStateBackend {
     ) -> StateResult<Vec<Row>> {
         let client = self.writer().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
-        let rows = if self.read_your_writes() {
+        if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
-            let (rows, lsn) = futures_util::try_join!(
+            // `join!`, not `try_join!`: both answers are awaited even when the first fails,
+            // so a statement error never leaves the other abandoned (which would cost the
+            // connection).
+            let (rows, lsn) = futures_util::join!(
                 client.query(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
-            )
-            .map_err(map_pg_write)?;
-            self.inner
-                .written_lsn
-                .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
-            rows
+            );
+            let (rows, lsn) = (rows.map_err(map_pg_write)?, lsn.map_err(map_pg_write)?);
+            self.inner.record_write_lsn(lsn.get::<_, i64>(0));
+            Ok(rows)
         } else {
             sent.mark();
-            client.query(&stmt, params).await.map_err(map_pg_write)?
-        };
-        client.done();
-        Ok(rows)
+            client.query(&stmt, params).await.map_err(map_pg_write)
+        }
     }
 
     /// Runs a write and returns the number of rows it changed.
     async fn write_count(&self, sent: &Sent, sql: &str, params: &Params<'_>) -> StateResult<u64> {
         let client = self.writer().await?;
         let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
-        let n = if self.read_your_writes() {
+        if self.read_your_writes() {
             let lsn_stmt = client.prepare_cached(WRITE_LSN).await.map_err(map_pg)?;
             sent.mark();
-            let (n, lsn) = futures_util::try_join!(
+            let (n, lsn) = futures_util::join!(
                 client.execute(&stmt, params),
                 client.query_one(&lsn_stmt, &[])
-            )
-            .map_err(map_pg_write)?;
-            self.inner
-                .written_lsn
-                .fetch_max(lsn.get::<_, i64>(0), Ordering::AcqRel);
-            n
+            );
+            let (n, lsn) = (n.map_err(map_pg_write)?, lsn.map_err(map_pg_write)?);
+            self.inner.record_write_lsn(lsn.get::<_, i64>(0));
+            Ok(n)
         } else {
             sent.mark();
-            client.execute(&stmt, params).await.map_err(map_pg_write)?
-        };
-        client.done();
-        Ok(n)
+            client.execute(&stmt, params).await.map_err(map_pg_write)
+        }
     }
 
     /// Runs a read where [`ReadConsistency`] says: the primary, or the next replica (with the
@@ -424,8 +436,8 @@ impl PostgresStateBackend {
     ) -> StateResult<Option<Vec<Row>>> {
         let n = self.inner.replicas.len();
         let start = self.inner.next_replica.fetch_add(1, Ordering::Relaxed);
-        let pool = &self.inner.replicas[start % n];
-        let client = pool.get().await.map_err(map_pool)?;
+        let replica = &self.inner.replicas[start % n];
+        let client = Conn::checkout(&replica.pool, &replica.connector).await?;
         let need = self.inner.written_lsn.load(Ordering::Acquire);
         let check = self.read_your_writes() && need > 0;
         let run = async {
@@ -435,10 +447,11 @@ impl PostgresStateBackend {
                 // The check runs before the read on the same connection, so a true check
                 // means the read's snapshot includes every write this handle made.
                 let check_params: [&(dyn ToSql + Sync); 1] = [&need];
-                let (replayed, rows) = futures_util::try_join!(
+                let (replayed, rows) = futures_util::join!(
                     client.query_one(&check, &check_params),
                     client.query(&stmt, params)
-                )?;
+                );
+                let (replayed, rows) = (replayed?, rows?);
                 Ok::<_, tokio_postgres::Error>(replayed.get::<_, bool>(0).then_some(rows))
             } else {
                 Ok(Some(client.query(&stmt, params).await?))
@@ -508,28 +521,63 @@ impl PostgresStateBackend {
             .prepare_cached(&self.inner.sql.batch_put)
             .await
             .map_err(map_pg)?;
-        let tx = client.transaction().await.map_err(map_pg)?;
-        for part in unique.chunks(chunk) {
-            let (keys, values): (Vec<&[u8]>, Vec<&[u8]>) = part.iter().copied().unzip();
-            tx.execute(&stmt, &[&keys, &values, &ttl])
-                .await
-                .map_err(map_pg)?;
+        // Tracked as a whole: abandoned midway, the statement running is cancelled and the
+        // connection closed (its transaction rolls back).
+        let busy = client.in_flight();
+        let ryw = self.read_your_writes();
+        let lsn = busy
+            .run(async {
+                let client = client.object_mut();
+                let tx = client.transaction().await.map_err(map_pg)?;
+                for part in unique.chunks(chunk) {
+                    let (keys, values): (Vec<&[u8]>, Vec<&[u8]>) = part.iter().copied().unzip();
+                    tx.execute(&stmt, &[&keys, &values, &ttl])
+                        .await
+                        .map_err(map_pg)?;
+                }
+                // Until COMMIT is sent, a failure rolls the transaction back: not applied.
+                if ryw {
+                    let lsn = tx.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
+                    sent.mark();
+                    tx.commit().await.map_err(map_pg_write)?;
+                    // The commit record follows the position read inside the transaction;
+                    // ask again.
+                    let lsn_after = client.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
+                    Ok::<_, StateError>(Some(lsn.get::<_, i64>(0).max(lsn_after.get::<_, i64>(0))))
+                } else {
+                    sent.mark();
+                    tx.commit().await.map_err(map_pg_write)?;
+                    Ok(None)
+                }
+            })
+            .await?;
+        if let Some(lsn) = lsn {
+            self.inner.record_write_lsn(lsn);
         }
-        // Until COMMIT is sent, a failure rolls the transaction back: not applied.
-        if self.read_your_writes() {
-            let lsn = tx.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
-            sent.mark();
-            tx.commit().await.map_err(map_pg_write)?;
-            // The commit record follows the position read inside the transaction; ask again.
-            let lsn_after = client.query_one(WRITE_LSN, &[]).await.map_err(map_pg)?;
-            let lsn = lsn.get::<_, i64>(0).max(lsn_after.get::<_, i64>(0));
-            self.inner.written_lsn.fetch_max(lsn, Ordering::AcqRel);
-        } else {
-            sent.mark();
-            tx.commit().await.map_err(map_pg_write)?;
-        }
-        client.done();
         Ok(())
+    }
+
+    /// Runs one write statement of the caller's own on the primary, the way this backend
+    /// runs its own writes, and returns its rows: for companion crates (state-lock's fenced
+    /// write) whose writes must behave like the backend's.
+    ///
+    /// - Under `command_timeout`: a deadline before the statement was sent is a retryable
+    ///   `Timeout`, after it `OutcomeUnknown` (as is a connection lost with the statement in
+    ///   flight); the statement is cancelled on the server and its connection closed.
+    /// - In [`ReadConsistency::ReadYourWrites`] mode the primary's WAL position after the
+    ///   write is fetched in the same round trip and remembered, so every later read through
+    ///   this handle (or its clones) sees the write even when replicas lag.
+    ///
+    /// `sql` is prepared and cached per connection; `op` names the operation in errors.
+    pub async fn execute_write(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StateResult<Vec<Row>> {
+        let sent = Sent::default();
+        self.timed_write(op, &sent, self.write_rows(&sent, sql, params))
+            .await
     }
 
     /// The seed's `batch_upsert`: same as [`StateBackend::batch_put`] (atomic, one statement
@@ -565,9 +613,18 @@ impl PostgresStateBackend {
     }
 
     /// Deletes every expired row now (the background sweep does this every
-    /// `sweep_interval`); returns how many it removed.
+    /// `sweep_interval`); returns how many it removed (0 when another instance is sweeping
+    /// the table at this moment).
+    ///
+    /// Rows go in batches of [`crate::PostgresConfigBuilder::sweep_batch_rows`], each one
+    /// `DELETE` in its own transaction under `command_timeout` (so the call as a whole may
+    /// take longer than `command_timeout` for a large backlog; a batch that exceeds it fails
+    /// the call, and the rows already removed stay removed). Writes to expired keys wait at
+    /// most for the batch holding their row, never for the whole backlog.
     pub async fn purge_expired(&self) -> StateResult<u64> {
-        self.timed("purge_expired", sweep_all(&self.inner)).await
+        sweep_all(&self.inner)
+            .await
+            .map_err(|e| e.with_operation("purge_expired"))
     }
 
     /// Keyset pages of live entries in `[lower, upper)`, after `after` when set.
@@ -623,33 +680,88 @@ async fn sweep(inner: &Arc<Inner>) -> StateResult<()> {
     Ok(())
 }
 
+/// Runs one step of the sweep under `command_timeout`.
+async fn within<T>(inner: &Inner, fut: impl Future<Output = StateResult<T>>) -> StateResult<T> {
+    tokio::time::timeout(inner.config.command_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StateError::timeout(format!(
+                "postgres: sweep batch not answered within command_timeout ({:?})",
+                inner.config.command_timeout
+            )))
+        })
+}
+
+/// A connection holding the table's session-level sweep lock: closed (which releases the
+/// lock) unless the lock was released on it, so it never reaches the pool still holding it,
+/// even when the sweep's future is dropped between two batches.
+struct SweepLock(Option<Conn>);
+
+impl Drop for SweepLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.discard();
+        }
+    }
+}
+
+/// Deletes expired rows in batches of `sweep_batch_rows` until none are left, when this
+/// instance wins the table's sweep lock (a session-level advisory lock; the others skip).
+///
+/// Each batch is one statement in its own transaction, under `command_timeout`, so the rows
+/// it locks are released when it commits, a few milliseconds later: a write to an expired
+/// key never waits for the whole backlog. The advisory lock only elects the sweeper; no
+/// reader or writer ever takes it.
 async fn sweep_all(inner: &Arc<Inner>) -> StateResult<u64> {
-    let mut client = inner.primary.get().await.map_err(map_pool)?;
-    let tx = client.transaction().await.map_err(map_pg)?;
-    // One sweeper per table at a time, across every process: the others skip this tick.
+    let conn = within(inner, Conn::checkout(&inner.primary, &inner.connector)).await?;
     let name = inner.config.table.to_string();
-    let won: bool = tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-            &[&(schema::LOCK_CLASS + 1), &name],
+    let class = schema::LOCK_CLASS + 1;
+    let won: bool = within(inner, async {
+        conn.query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&class, &name],
         )
         .await
-        .map_err(map_pg)?
-        .get(0);
+        .map_err(map_pg)
+    })
+    .await?
+    .get(0);
     if !won {
         return Ok(0);
     }
-    let stmt = tx.prepare(&inner.sql.sweep).await.map_err(map_pg)?;
+    let mut lock = SweepLock(Some(conn));
+    let conn = lock.0.as_ref().expect("just set");
+    let rows = i64::try_from(inner.config.sweep_batch_rows).unwrap_or(i64::MAX);
+    let stmt = within(inner, async {
+        conn.prepare_cached(&inner.sql.sweep).await.map_err(map_pg)
+    })
+    .await?;
     let mut removed = 0;
     loop {
-        let n = tx.execute(&stmt, &[]).await.map_err(map_pg)?;
+        let n = within(inner, async {
+            conn.execute(&stmt, &[&rows]).await.map_err(map_pg)
+        })
+        .await?;
         removed += n;
-        if n < schema::SWEEP_ROWS as u64 {
+        inner.swept.fetch_add(n, Ordering::Relaxed);
+        if n < rows as u64 {
             break;
         }
     }
-    tx.commit().await.map_err(map_pg)?;
-    inner.swept.fetch_add(removed, Ordering::Relaxed);
+    let released: bool = within(inner, async {
+        conn.query_one(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&class, &name],
+        )
+        .await
+        .map_err(map_pg)
+    })
+    .await?
+    .get(0);
+    if released {
+        // Back to the pool: the lock is gone with it.
+        drop(lock.0.take());
+    }
     Ok(removed)
 }
 
@@ -1158,8 +1270,19 @@ impl StateBackend for PostgresStateBackend {
 }
 
 impl Inner {
-    /// Replica pools, for health reporting.
-    pub(crate) fn replicas(&self) -> &[Pool] {
+    /// Remembers that this handle has written up to `lsn` on the primary (read-your-writes:
+    /// replica reads wait for that position).
+    pub(crate) fn record_write_lsn(&self, lsn: i64) {
+        self.written_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// Whether reads must see this handle's writes ([`ReadConsistency::ReadYourWrites`]).
+    pub(crate) fn read_your_writes(&self) -> bool {
+        self.config.read_consistency == ReadConsistency::ReadYourWrites
+    }
+
+    /// Replicas, for health reporting.
+    pub(crate) fn replicas(&self) -> &[Replica] {
         &self.replicas
     }
 }

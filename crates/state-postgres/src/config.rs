@@ -230,6 +230,8 @@ pub struct PostgresConfig {
     pub(crate) read_consistency: ReadConsistency,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) sweep_batch_rows: usize,
+    pub(crate) listen_heartbeat: Option<Duration>,
     pub(crate) batch_chunk_rows: usize,
     pub(crate) limits: Limits,
 }
@@ -255,10 +257,24 @@ impl fmt::Debug for PostgresConfig {
             .field("read_consistency", &self.read_consistency)
             .field("default_ttl", &self.default_ttl)
             .field("sweep_interval", &self.sweep_interval)
+            .field("sweep_batch_rows", &self.sweep_batch_rows)
+            .field("listen_heartbeat", &self.listen_heartbeat)
             .field("batch_chunk_rows", &self.batch_chunk_rows)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the server-side `statement_timeout` comes from; see
+/// [`PostgresConfigBuilder::statement_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatementTimeout {
+    /// The command timeout (the default).
+    FollowCommand,
+    /// A fixed value.
+    Fixed(Duration),
+    /// None: statements run until they finish or the client cancels them.
+    Off,
 }
 
 impl PostgresConfig {
@@ -300,6 +316,23 @@ impl PostgresConfig {
     pub fn default_ttl(&self) -> Option<Duration> {
         self.default_ttl
     }
+
+    /// The client-side deadline for one operation.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// The server-side `statement_timeout` every connection sets at connect, if any (by
+    /// default the command timeout; see [`PostgresConfigBuilder::statement_timeout`]).
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
+    }
+
+    /// The `LISTEN` connections' heartbeat interval, if any (see
+    /// [`PostgresConfigBuilder::listen_heartbeat`]).
+    pub fn listen_heartbeat(&self) -> Option<Duration> {
+        self.listen_heartbeat
+    }
 }
 
 /// The seed's pool sizing rule, `cores * 2 + 1`.
@@ -311,9 +344,10 @@ fn default_pool_size() -> usize {
 ///
 /// Defaults: `postgres://postgres@localhost:5432/postgres`, table `state`, a pool of
 /// `cores * 2 + 1` connections (the seed's rule), 5 s connect timeout, 30 s command timeout
-/// (client side, covers a hung network), no statement timeout (server side), TLS from the
-/// URL's `sslmode`, reads on the primary, no default TTL, expired rows swept every 60 s,
-/// batches written 10,000 rows per statement, the default [`Limits`].
+/// (client side, covers a hung network), a server-side statement timeout equal to the command
+/// timeout, TLS from the URL's `sslmode`, reads on the primary, no default TTL, expired rows
+/// swept every 60 s in batches of 1,000, a `LISTEN` heartbeat every 5 s, batches written
+/// 10,000 rows per statement, the default [`Limits`].
 #[derive(Clone)]
 #[must_use]
 pub struct PostgresConfigBuilder {
@@ -323,11 +357,13 @@ pub struct PostgresConfigBuilder {
     pool_size: usize,
     connect_timeout: Duration,
     command_timeout: Duration,
-    statement_timeout: Option<Duration>,
+    statement_timeout: StatementTimeout,
     tls: TlsMode,
     read_consistency: ReadConsistency,
     default_ttl: Option<Duration>,
     sweep_interval: Option<Duration>,
+    sweep_batch_rows: usize,
+    listen_heartbeat: Option<Duration>,
     batch_chunk_rows: usize,
     limits: Limits,
 }
@@ -364,11 +400,13 @@ impl Default for PostgresConfigBuilder {
             pool_size: default_pool_size(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(30),
-            statement_timeout: None,
+            statement_timeout: StatementTimeout::FollowCommand,
             tls: TlsMode::FromUrl,
             read_consistency: ReadConsistency::Primary,
             default_ttl: None,
             sweep_interval: Some(Duration::from_secs(60)),
+            sweep_batch_rows: 1_000,
+            listen_heartbeat: Some(Duration::from_secs(5)),
             batch_chunk_rows: 10_000,
             limits: Limits::default(),
         }
@@ -418,15 +456,32 @@ impl PostgresConfigBuilder {
     /// server or network becomes a retryable `Timeout` error after it for reads and for
     /// writes not yet sent; a write already sent becomes `OutcomeUnknown` (it may have been
     /// applied; see `state_core::ErrorKind::OutcomeUnknown`).
+    ///
+    /// A statement still running when the deadline passes is cancelled on the server (the
+    /// driver's cancel request) and its connection is closed rather than handed to the next
+    /// caller. Unless set otherwise with [`PostgresConfigBuilder::statement_timeout`] or
+    /// [`PostgresConfigBuilder::no_statement_timeout`], the server-side `statement_timeout`
+    /// is this value too, so the server stops a statement by itself even when the client's
+    /// cancel request cannot reach it.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
     }
 
-    /// Server-side `statement_timeout` for every connection: a statement running longer is
-    /// cancelled by PostgreSQL and surfaces as a retryable `Timeout` error.
+    /// Server-side `statement_timeout` for every connection (sent at connect as
+    /// `options=-c statement_timeout=<ms>`): a statement running longer is cancelled by
+    /// PostgreSQL and surfaces as a retryable `Timeout` error. By default it follows
+    /// [`PostgresConfigBuilder::command_timeout`]; this sets a value of its own.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
-        self.statement_timeout = Some(timeout);
+        self.statement_timeout = StatementTimeout::Fixed(timeout);
+        self
+    }
+
+    /// No server-side `statement_timeout` (the server's own setting applies): statements
+    /// run until they finish, or until the client cancels them when `command_timeout`
+    /// passes. For long maintenance statements run through [`PostgresConfig::primary_pool`].
+    pub fn no_statement_timeout(mut self) -> Self {
+        self.statement_timeout = StatementTimeout::Off;
         self
     }
 
@@ -453,6 +508,28 @@ impl PostgresConfigBuilder {
     /// to every read either way.
     pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
         self.sweep_interval = interval;
+        self
+    }
+
+    /// Expired rows the sweep deletes per batch. Each batch is one `DELETE` statement in its
+    /// own transaction, under `command_timeout`, holding its rows' locks only while it runs:
+    /// a write to an expired key waits at most for one batch (about 10 ms for 1,000 rows),
+    /// never for the whole backlog. Default 1,000.
+    pub fn sweep_batch_rows(mut self, rows: usize) -> Self {
+        self.sweep_batch_rows = rows;
+        self
+    }
+
+    /// How often a `LISTEN` connection ([`crate::PostgresStateBackend::subscribe`]) checks
+    /// that the server still answers, with a `SELECT 1` that must be answered within the
+    /// same interval. A half-open connection (a server or network that stopped answering
+    /// without closing it, which TCP keepalives may not notice for minutes) is therefore
+    /// detected within twice this interval (plus a few milliseconds of timer and scheduling
+    /// slack): the subscription then yields its retryable `Connection` error and
+    /// reconnects. Default 5 s (detection within 10 s); `None` leaves detection to TCP
+    /// keepalives alone.
+    pub fn listen_heartbeat(mut self, interval: Option<Duration>) -> Self {
+        self.listen_heartbeat = interval;
         self
     }
 
@@ -497,13 +574,21 @@ impl PostgresConfigBuilder {
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(StateError::config("timeouts must be greater than zero"));
         }
-        if self.statement_timeout.is_some_and(|t| t.as_millis() == 0) {
+        if matches!(self.statement_timeout, StatementTimeout::Fixed(t) if t.as_millis() == 0) {
             return Err(StateError::config(
                 "statement_timeout must be at least 1 ms (PostgreSQL reads 0 as no timeout)",
             ));
         }
         if let Some(ttl) = self.default_ttl {
             Limits::check_ttl(ttl).map_err(|e| StateError::config(e.message().to_owned()))?;
+        }
+        if self.sweep_batch_rows == 0 {
+            return Err(StateError::config("sweep_batch_rows must be at least 1"));
+        }
+        if self.listen_heartbeat.is_some_and(|i| i.as_millis() == 0) {
+            return Err(StateError::config(
+                "listen_heartbeat must be at least 1 ms (None disables it)",
+            ));
         }
         if self.sweep_interval.is_some_and(|i| i.is_zero()) {
             return Err(StateError::config(
@@ -528,11 +613,20 @@ impl PostgresConfigBuilder {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
-            statement_timeout: self.statement_timeout,
+            statement_timeout: match self.statement_timeout {
+                // At least 1 ms: PostgreSQL reads 0 as "no timeout".
+                StatementTimeout::FollowCommand => {
+                    Some(self.command_timeout.max(Duration::from_millis(1)))
+                }
+                StatementTimeout::Fixed(t) => Some(t),
+                StatementTimeout::Off => None,
+            },
             tls: self.tls,
             read_consistency: self.read_consistency,
             default_ttl: self.default_ttl,
             sweep_interval: self.sweep_interval,
+            sweep_batch_rows: self.sweep_batch_rows,
+            listen_heartbeat: self.listen_heartbeat,
             batch_chunk_rows: self.batch_chunk_rows,
             limits: self.limits,
         })
@@ -616,10 +710,42 @@ mod tests {
     }
 
     #[test]
+    fn statement_timeout_follows_the_command_timeout_unless_set() {
+        let build = |b: PostgresConfigBuilder| b.build().unwrap().statement_timeout();
+        let command = Duration::from_millis(1500);
+        assert_eq!(
+            build(PostgresConfig::builder().command_timeout(command)),
+            Some(command)
+        );
+        assert_eq!(
+            build(
+                PostgresConfig::builder()
+                    .command_timeout(command)
+                    .statement_timeout(Duration::from_millis(200))
+            ),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            build(
+                PostgresConfig::builder()
+                    .command_timeout(command)
+                    .no_statement_timeout()
+            ),
+            None
+        );
+        assert_eq!(
+            build(PostgresConfig::builder().command_timeout(Duration::from_micros(10))),
+            Some(Duration::from_millis(1))
+        );
+    }
+
+    #[test]
     fn invalid_settings_are_config_errors() {
         let bad = [
             PostgresConfig::builder().pool_size(0),
             PostgresConfig::builder().batch_chunk_rows(0),
+            PostgresConfig::builder().sweep_batch_rows(0),
+            PostgresConfig::builder().listen_heartbeat(Some(Duration::ZERO)),
             PostgresConfig::builder().statement_timeout(Duration::from_micros(10)),
             PostgresConfig::builder().command_timeout(Duration::ZERO),
             PostgresConfig::builder().sweep_interval(Some(Duration::ZERO)),

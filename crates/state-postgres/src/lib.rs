@@ -3,8 +3,8 @@
 
 mod backend;
 mod config;
+mod conn;
 mod conninfo;
-mod drain;
 mod error;
 mod ops;
 mod pubsub;

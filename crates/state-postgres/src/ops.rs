@@ -3,7 +3,8 @@
 use state_core::StateResult;
 
 use crate::PostgresStateBackend;
-use crate::error::{map_pg, map_pool};
+use crate::conn::Conn;
+use crate::error::map_pg;
 
 /// The table's figures from PostgreSQL's statistics views, as the seed's "Statistics:
 /// database size, table size, dead tuples".
@@ -112,10 +113,10 @@ impl PostgresStateBackend {
     /// promoted to primary reports `false`), in configuration order.
     pub async fn replica_health(&self) -> Vec<bool> {
         let mut out = Vec::new();
-        for pool in self.inner().replicas() {
+        for replica in self.inner().replicas() {
             let ok = self
                 .timed("replica_health", async {
-                    let client = pool.get().await.map_err(map_pool)?;
+                    let client = Conn::checkout(&replica.pool, &replica.connector).await?;
                     let row = client
                         .query_one("SELECT pg_is_in_recovery()", &[])
                         .await

@@ -90,7 +90,14 @@ impl PostgresStateBackend {
     /// Listens on `channel` on a dedicated connection (not from the pool). The stream yields
     /// each message; when the connection drops it yields one retryable `Connection` error
     /// (messages sent meanwhile are lost: a cache should treat it as "invalidate
-    /// everything"), reconnects with backoff and listens again.
+    /// everything"), reconnects with backoff (50 ms doubling to 2 s, each attempt bounded by
+    /// `connect_timeout`) and listens again.
+    ///
+    /// A connection that stays open but stops answering (half-open: a dead peer behind a
+    /// NAT or proxy, a hung server) counts as dropped once a heartbeat `SELECT 1` goes
+    /// unanswered: with [`crate::PostgresConfigBuilder::listen_heartbeat`] at `h` (default
+    /// 5 s) it is detected within `2 h` plus a few milliseconds of timer slack (TCP
+    /// keepalives, idle after 30 s, cover a peer that is gone entirely).
     pub async fn subscribe(&self, channel: &str) -> StateResult<Subscription> {
         let name = self.channel_name(channel)?;
         let (tx, rx) = mpsc::channel(BUFFER);
@@ -135,7 +142,37 @@ async fn listen_loop(
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }
-                while let Some(message) = msg_rx.recv().await {
+                let heartbeat = inner.config.listen_heartbeat;
+                let mut ticks = heartbeat.map(|every| {
+                    let mut ticks =
+                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticks
+                });
+                loop {
+                    let message = tokio::select! {
+                        message = msg_rx.recv() => match message {
+                            Some(message) => message,
+                            None => break,
+                        },
+                        () = tick(&mut ticks) => {
+                            // A half-open connection (a server or network that stopped
+                            // answering without closing it) delivers nothing and reports
+                            // nothing: ask, and give up on it when no answer comes in time.
+                            let every = heartbeat.unwrap_or(Duration::MAX);
+                            match tokio::time::timeout(every, client.simple_query("SELECT 1")).await {
+                                Ok(Ok(_)) => continue,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(channel = %name, error = %err, "state-postgres: listener heartbeat failed");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(channel = %name, "state-postgres: listener heartbeat not answered in time; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    };
                     if let AsyncMessage::Notification(n) = message
                         && n.channel() == name
                     {
@@ -196,6 +233,16 @@ async fn listen_loop(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Completes at the next heartbeat tick; never without a heartbeat.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

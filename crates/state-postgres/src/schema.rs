@@ -175,8 +175,6 @@ pub(crate) struct Sql {
 
 /// Rows per keyset page in `scan`.
 pub(crate) const PAGE_ROWS: i64 = 1000;
-/// Rows deleted per sweep statement.
-pub(crate) const SWEEP_ROWS: i64 = 5000;
 
 impl Sql {
     pub(crate) fn new(table: &TableName) -> Self {
@@ -239,10 +237,14 @@ impl Sql {
             page_from_excl: page(">", false),
             page_range_incl: page(">=", true),
             page_range_excl: page(">", true),
+            // One bounded batch: up to $1 expired rows, found through the expiry index, locked
+            // (rows a writer holds are skipped, not waited for) and deleted by their ctid in
+            // the same statement, which is its own transaction.
             sweep: format!(
-                "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
                  WHERE expires_at IS NOT NULL AND expires_at <= now() \
-                 LIMIT {SWEEP_ROWS} FOR UPDATE SKIP LOCKED)"
+                 LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+                 AND expires_at IS NOT NULL AND expires_at <= now()"
             ),
         }
     }

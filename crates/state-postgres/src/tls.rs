@@ -107,6 +107,18 @@ impl Connector {
         }
     }
 
+    /// Sends a cancel request for the statement `token`'s connection is running, over a new
+    /// connection made the same way (same TLS) as the one it cancels.
+    pub(crate) async fn cancel(
+        &self,
+        token: &tokio_postgres::CancelToken,
+    ) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Self::Plain => token.cancel_query(NoTls).await,
+            Self::Rustls(make) => token.cancel_query(make.clone()).await,
+        }
+    }
+
     /// Opens one connection outside the pool and drives it on a spawned task; `sink`
     /// receives its asynchronous messages (notifications).
     pub(crate) async fn connect_with_messages(

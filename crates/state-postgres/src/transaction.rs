@@ -14,6 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::PostgresStateBackend;
 use crate::backend::Inner;
+use crate::conn::cancel_running;
 use crate::error::{map_pg, map_pool};
 
 /// An open database transaction on one pooled connection, from
@@ -75,6 +76,19 @@ impl fmt::Debug for PostgresTransaction {
             .field("in_flight", &self.in_flight.load(Ordering::SeqCst))
             .finish_non_exhaustive()
     }
+}
+
+/// `COMMIT` checked (see [`PostgresTransaction::commit`]) and followed by the primary's WAL
+/// insert position, which is past the commit record.
+const COMMIT_WITH_LSN: &str =
+    "SELECT 1; COMMIT; SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
+
+/// The WAL position [`COMMIT_WITH_LSN`] answered: its last row's only column.
+fn commit_lsn(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
+    messages.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+        _ => None,
+    })
 }
 
 /// What a failed transaction tells the caller.
@@ -208,11 +222,18 @@ impl PostgresTransaction {
             let stmt = client.prepare_cached(sql).await.map_err(map_pg)?;
             client.query(&stmt, params).await.map_err(map_pg)
         };
-        let result = match tokio::time::timeout(self.inner.config.command_timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(StateError::timeout(
+        let result = if let Ok(result) =
+            tokio::time::timeout(self.inner.config.command_timeout, run).await
+        {
+            result
+        } else {
+            // The statement goes on running on the server (a row lock can hold it for as
+            // long as the other transaction lives): cancel it, so the rollback that follows
+            // does not wait behind it.
+            cancel_running(client, &self.inner.connector);
+            Err(StateError::timeout(
                 "postgres: no answer within command_timeout",
-            )),
+            ))
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         result.map_err(|e| self.fail(op, e))
@@ -321,6 +342,13 @@ impl PostgresTransaction {
             } else {
                 kind
             };
+            if self.in_flight.load(Ordering::SeqCst) > 0
+                && let Some(client) = &self.client
+            {
+                // An abandoned statement may still be running: cancel it first, or the
+                // ROLLBACK queues behind it.
+                cancel_running(client, &self.inner.connector);
+            }
             let _ = self.finish("ROLLBACK", "commit").await;
             return Err(Self::rolled_back("commit", kind, &first));
         }
@@ -329,17 +357,33 @@ impl PostgresTransaction {
         })?;
         let client = Dirty(Some(client));
         let conn = client.0.as_ref().expect("just set");
+        if conn.is_closed() {
+            // The connection died (a server restart, a network failure) before COMMIT could
+            // be sent: the server rolled the transaction back when it lost the session.
+            return Err(Self::rolled_back(
+                "commit",
+                ErrorKind::Connection,
+                "the connection to the server was lost before COMMIT was sent",
+            ));
+        }
         // One round trip: `SELECT 1` fails with 25P02 when the server has aborted the
         // transaction (then COMMIT is not run), so a silent `COMMIT` -> `ROLLBACK` cannot
-        // pass for success.
-        let sent = tokio::time::timeout(
-            self.inner.config.command_timeout,
-            conn.simple_query("SELECT 1; COMMIT"),
-        )
-        .await;
+        // pass for success. In read-your-writes mode the primary's WAL position after the
+        // commit comes back in the same round trip, so reads through the backend see it.
+        let ryw = self.inner.read_your_writes();
+        let sql = if ryw {
+            COMMIT_WITH_LSN
+        } else {
+            "SELECT 1; COMMIT"
+        };
+        let sent =
+            tokio::time::timeout(self.inner.config.command_timeout, conn.simple_query(sql)).await;
         match sent {
-            Ok(Ok(_)) => {
+            Ok(Ok(messages)) => {
                 client.clean();
+                if ryw && let Some(lsn) = commit_lsn(&messages) {
+                    self.inner.record_write_lsn(lsn);
+                }
                 Ok(())
             }
             Ok(Err(err)) if err.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
@@ -417,6 +461,9 @@ impl Drop for PostgresTransaction {
         let Some(client) = self.client.take() else {
             return;
         };
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            cancel_running(&client, &self.inner.connector);
+        }
         let client = Dirty(Some(client));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {

@@ -131,3 +131,69 @@ async fn killed_server_then_restart_pool_recovers_and_acknowledged_writes_surviv
     );
     drop(server);
 }
+
+/// A server killed (SIGKILL) in the middle of a transaction, with some statements done and
+/// `COMMIT` not yet sent, leaves nothing of it: after the restart none of its writes are
+/// there, and `commit` fails with an error saying the transaction was rolled back (a definite
+/// answer, not `OutcomeUnknown`: the `COMMIT` was never sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_mid_transaction_leaves_no_half_applied_transaction() {
+    let mut server = tokio::task::spawn_blocking(|| PostgresServer::temp("pg-midtx"))
+        .await
+        .unwrap()
+        .expect("start a throwaway PostgreSQL (binaries from STATE_POSTGRES_BIN_DIR or PATH)");
+    let config = PostgresConfig::builder()
+        .url(server.url())
+        .table("midtx")
+        .pool_size(2)
+        .sweep_interval(None)
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let backend = PostgresStateBackend::with_config(config).await.unwrap();
+    backend.put(b"before", b"kept").await.unwrap();
+
+    let tx = backend.begin_transaction().await.unwrap();
+    tx.put(b"tx:1", b"a").await.unwrap();
+    tx.put_with_ttl(b"tx:2", b"b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(tx.delete(b"before").await.unwrap());
+
+    server.kill();
+    let server = tokio::task::spawn_blocking(move || {
+        server.start().expect("restart");
+        server
+    })
+    .await
+    .unwrap();
+
+    let err = tx.commit().await.unwrap_err();
+    assert!(
+        !err.is_outcome_unknown(),
+        "COMMIT was never sent, yet: {err}"
+    );
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+
+    let started = Instant::now();
+    let values = loop {
+        match backend.batch_get(&[b"tx:1", b"tx:2", b"before"]).await {
+            Ok(values) => break values,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "no recovery: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        values,
+        vec![None, None, Some(Bytes::from_static(b"kept"))],
+        "a half-applied transaction"
+    );
+    drop(server);
+}

@@ -451,3 +451,238 @@ async fn cancelling_begin_transaction_at_every_poll_leaves_no_open_transaction()
     );
     b.clear().await.unwrap();
 }
+
+/// Statements of connections whose `application_name` is `app` that are still running.
+async fn running(client: &tokio_postgres::Client, app: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = $1 AND state = 'active'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A statement still running when the client-side `command_timeout` passes (a `put` waiting
+/// for a row lock another transaction holds) is cancelled on the server, and its connection
+/// is not handed to the next caller: with a pool of one connection and no server-side
+/// `statement_timeout`, the next operations answer at once while the lock is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_timeout_cancels_the_statement_on_the_server() {
+    let name = table("cancel");
+    let app = format!("state_cancel_{}", std::process::id());
+    let timeout = Duration::from_millis(300);
+    let config = PostgresConfig::builder()
+        .url(url_via(None, &app))
+        .table(name.as_str())
+        .pool_size(1)
+        .sweep_interval(None)
+        .command_timeout(timeout)
+        .no_statement_timeout()
+        .build()
+        .unwrap();
+    let b = PostgresStateBackend::with_config(config).await.unwrap();
+    b.put(b"locked", b"0").await.unwrap();
+    let holder = raw().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .query(
+            &format!("SELECT 1 FROM \"{name}\" WHERE key = $1 FOR UPDATE"),
+            &[&b"locked".as_slice()],
+        )
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let err = b.put(b"locked", b"1").await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Timeout),
+        "{err:?}"
+    );
+    let timed_out = started.elapsed();
+    let observer = raw().await;
+    while running(&observer, &app).await > 0 {
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(2),
+            "the abandoned statement is still running on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gone = started.elapsed();
+    eprintln!(
+        "command timeout after {timed_out:?}; statement gone from pg_stat_activity after \
+         {gone:?} ({:?} after the timeout)",
+        gone.saturating_sub(timed_out)
+    );
+
+    // The pool's only connection was not reused busy: the next calls answer at once, with
+    // the row lock still held.
+    let next = Instant::now();
+    b.put(b"other", b"x").await.unwrap();
+    assert_eq!(
+        b.get(b"other").await.unwrap(),
+        Some(Bytes::from_static(b"x"))
+    );
+    let next = next.elapsed();
+    eprintln!("put + get on the one-connection pool after the timeout: {next:?}");
+    assert!(next < timeout, "{next:?}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        b.get(b"locked").await.unwrap(),
+        Some(Bytes::from_static(b"0")),
+        "the cancelled put was not applied"
+    );
+    b.clear().await.unwrap();
+}
+
+/// By default every connection's server-side `statement_timeout` is the command timeout;
+/// `statement_timeout(..)` sets another, `no_statement_timeout()` none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_follows_the_command_timeout_by_default() {
+    let name = table("stmt_to");
+    let shown = |builder: state_postgres::PostgresConfigBuilder| {
+        let name = name.clone();
+        async move {
+            let config = builder
+                .url(url())
+                .table(name.as_str())
+                .pool_size(1)
+                .sweep_interval(None)
+                .build()
+                .unwrap();
+            let b = PostgresStateBackend::with_config(config).await.unwrap();
+            let client = b.pool().get().await.unwrap();
+            let row = client
+                .query_one("SHOW statement_timeout", &[])
+                .await
+                .unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(
+        shown(PostgresConfig::builder().command_timeout(Duration::from_millis(1500))).await,
+        "1500ms"
+    );
+    assert_eq!(
+        shown(
+            PostgresConfig::builder()
+                .command_timeout(Duration::from_millis(1500))
+                .statement_timeout(Duration::from_millis(700))
+        )
+        .await,
+        "700ms"
+    );
+    assert_eq!(
+        shown(PostgresConfig::builder().no_statement_timeout()).await,
+        "0"
+    );
+
+    // And the server stops a blocked statement by itself, even without the client's cancel.
+    let config = PostgresConfig::builder()
+        .url(url())
+        .table(name.as_str())
+        .pool_size(1)
+        .sweep_interval(None)
+        .command_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let b = PostgresStateBackend::with_config(config).await.unwrap();
+    b.put(b"locked", b"0").await.unwrap();
+    let holder = raw().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .query(
+            &format!("SELECT 1 FROM \"{name}\" WHERE key = $1 FOR UPDATE"),
+            &[&b"locked".as_slice()],
+        )
+        .await
+        .unwrap();
+    let err = b.put(b"locked", b"1").await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Timeout),
+        "{err:?}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    b.clear().await.unwrap();
+}
+
+/// A `LISTEN` connection that stops answering without closing (the proxy blackholes it) is
+/// noticed by the heartbeat within twice its interval: the subscription yields its
+/// `Connection` error, reconnects once the network is back, and delivers messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_heartbeat_detects_a_blackholed_connection_and_resubscribes() {
+    let name = table("heartbeat");
+    let heartbeat = Duration::from_millis(250);
+    let bound = heartbeat * 2;
+    let proxy = FaultProxy::start(upstream()).await.unwrap();
+    let config = PostgresConfig::builder()
+        .url(url_via(Some(proxy.port()), "state_heartbeat"))
+        .table(name.as_str())
+        .pool_size(1)
+        .sweep_interval(None)
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_secs(2))
+        .listen_heartbeat(Some(heartbeat))
+        .build()
+        .unwrap();
+    let listener = PostgresStateBackend::with_config(config).await.unwrap();
+    let publisher = open(url(), &name).await;
+    let mut sub = listener.subscribe("inv").await.unwrap();
+    publisher.publish("inv", b"one").await.unwrap();
+    let first = next(&mut sub, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"one"));
+
+    proxy.set_fault(ProxyFault::Blackhole);
+    let started = Instant::now();
+    let gap = next(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("the silent connection was never noticed")
+        .expect("the stream goes on");
+    let detected = started.elapsed();
+    let err = gap.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    eprintln!("blackholed LISTEN connection detected after {detected:?} (bound {bound:?})");
+    assert!(
+        detected <= bound + Duration::from_millis(300),
+        "{detected:?} > {bound:?}"
+    );
+
+    proxy.set_fault(ProxyFault::None);
+    let back = Instant::now();
+    loop {
+        // Messages published before it listens again are lost (the documented gap).
+        publisher.publish("inv", b"again").await.unwrap();
+        match next(&mut sub, Duration::from_millis(100)).await {
+            Ok(Some(Ok(message))) => {
+                assert_eq!(message, Bytes::from_static(b"again"));
+                break;
+            }
+            Ok(Some(Err(err))) => panic!("unexpected error after the network came back: {err}"),
+            Ok(None) => panic!("the subscription ended"),
+            Err(_) => {}
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "invalidations did not resume"
+        );
+    }
+    eprintln!(
+        "messages delivered again {:?} after the network came back",
+        back.elapsed()
+    );
+    publisher.clear().await.unwrap();
+}
+
+/// The next item of `sub`, or `Err` when none comes `within`.
+async fn next(
+    sub: &mut state_postgres::Subscription,
+    within: Duration,
+) -> Result<Option<StateResult<Bytes>>, tokio::time::error::Elapsed> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(within, sub.next()).await
+}

@@ -248,12 +248,7 @@ async fn history_case_catches_a_compare_and_swap_that_is_not_atomic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_case_catches_a_write_that_lands_after_cancel() {
     let factory = BrokenFactory(Defect::PutResentAfterCancel);
-    let message = failure_of(proof::proof_cancelled_operations_leave_before_or_after_state(
-        &factory,
-    ))
-    .await;
-    assert!(
-        message.contains("dropped"),
-        "unexpected failure: {message}"
-    );
+    let message =
+        failure_of(proof::proof_cancelled_operations_leave_before_or_after_state(&factory)).await;
+    assert!(message.contains("dropped"), "unexpected failure: {message}");
 }
