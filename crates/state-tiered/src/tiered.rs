@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -132,6 +132,7 @@ impl TieredBuilder {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             bulk_gen: AtomicU64::new(0),
+            repairs: Arc::new(AtomicUsize::new(0)),
             bulk: tokio::sync::RwLock::new(()),
             background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_TOMBSTONES)),
             skipped_tombstones: AtomicU64::new(0),
@@ -168,7 +169,9 @@ impl TieredBuilder {
 ///   them within the process).
 /// - **Cancellation**: a write whose caller is dropped after the durable tier may have
 ///   applied it still leaves no cache tier with the value it replaced: the keys get
-///   tombstones from a spawned task (a bulk write's tiers are cleaned the same way).
+///   tombstones from a spawned task (a bulk write's tiers are cleaned the same way), and
+///   until that repair has finished this instance reads the durable tier only, so no read
+///   after the drop answers from a tier the durable tier has moved past.
 /// - **Batches** take the per-key locks of all their keys (in one global order), so a batch
 ///   and a single write of a key reach the tiers in the order they reached the durable tier.
 /// - A **bypassed** (quarantined) tier still gets tombstones for written keys, in the
@@ -189,6 +192,10 @@ pub struct TieredStateBackend {
     /// Held shared by promotions, exclusively while a bulk write clears the tiers, so no
     /// promotion can land between the durable write and the tier clear.
     bulk: tokio::sync::RwLock<()>,
+    /// Tier repairs in flight after a cancelled write (tombstones, a bulk write's tier
+    /// cleanup, on spawned tasks): while any is, reads skip the cache tiers, which may still
+    /// hold what the durable tier replaced.
+    repairs: Arc<AtomicUsize>,
     /// Bounds the tombstones sent in the background (to quarantined tiers, after a
     /// cancelled write).
     background: Arc<tokio::sync::Semaphore>,
@@ -244,6 +251,17 @@ impl TieredStateBackend {
     /// ```
     pub fn builder() -> TieredBuilder {
         TieredBuilder { tiers: Vec::new() }
+    }
+
+    /// Whether a cancelled write's tier repair is still running (reads then skip the tiers).
+    fn repairing(&self) -> bool {
+        self.repairs.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts one tier repair until the returned ticket is dropped.
+    fn repair_ticket(&self) -> RepairTicket {
+        self.repairs.fetch_add(1, Ordering::AcqRel);
+        RepairTicket(Arc::clone(&self.repairs))
     }
 
     fn now_ms(&self) -> u64 {
@@ -307,9 +325,10 @@ impl TieredStateBackend {
     async fn lookup(&self, key: &[u8]) -> StateResult<Option<(Bytes, Option<Duration>)>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         let read_gen = self.bulk_gen.load(Ordering::Acquire);
-        let mut promote_to = self.tiers.len();
+        let repairing = self.repairing();
+        let mut promote_to = if repairing { 0 } else { self.tiers.len() };
         for (i, tier) in self.tiers.iter().enumerate() {
-            if !self.usable(tier) {
+            if repairing || !self.usable(tier) {
                 continue;
             }
             match tier.backend.get_with_ttl(key).await {
@@ -406,7 +425,7 @@ impl TieredStateBackend {
     ) -> StateResult<T> {
         self.bulk_gen.fetch_add(1, Ordering::AcqRel);
         let mut on_cancel = BulkCleanup {
-            tiers: self.tiers.iter().map(|t| Arc::clone(&t.backend)).collect(),
+            backend: self,
             cleanup: Some(cleanup.clone()),
         };
         let result = op.await;
@@ -557,8 +576,9 @@ impl StateBackend for TieredStateBackend {
         self.caps.limits.check_keys(keys)?;
         let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
         let mut missing: Vec<usize> = (0..keys.len()).collect();
+        let repairing = self.repairing();
         for tier in &self.tiers {
-            if missing.is_empty() || !self.usable(tier) {
+            if repairing || missing.is_empty() || !self.usable(tier) {
                 continue;
             }
             let asked: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
@@ -807,10 +827,48 @@ impl Drop for TombstoneOnDrop<'_> {
         if !self.armed {
             return;
         }
-        for tier in &self.backend.tiers {
-            for key in &self.keys {
-                self.backend.tombstone_in_background(tier, key);
+        let tiers: Vec<(Arc<dyn StateBackend>, Duration)> = self
+            .backend
+            .tiers
+            .iter()
+            .map(|t| (Arc::clone(&t.backend), t.ttl))
+            .collect();
+        let keys: Vec<Vec<u8>> = self.keys.iter().map(|k| k.to_vec()).collect();
+        self.backend.repair_in_background(async move {
+            for (tier, ttl) in &tiers {
+                for key in &keys {
+                    // A tier that fails here is bypassed by this instance already, or
+                    // will be on its next failure; its entries expire within its TTL.
+                    let _ = tier.put_with_ttl(key, &encode(None), *ttl).await;
+                }
             }
+        });
+    }
+}
+
+/// One tier repair in flight; see `TieredStateBackend::repairs`.
+struct RepairTicket(Arc<AtomicUsize>);
+
+impl Drop for RepairTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl TieredStateBackend {
+    /// Runs `repair` on a spawned task, counted in `repairs` until it finishes. Outside a
+    /// tokio runtime it cannot run: the count stays raised and this instance reads the
+    /// durable tier only from then on (never a stale tier).
+    fn repair_in_background(&self, repair: impl Future<Output = ()> + Send + 'static) {
+        let ticket = self.repair_ticket();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    repair.await;
+                    drop(ticket);
+                });
+            }
+            Err(_) => std::mem::forget(ticket),
         }
     }
 }
@@ -834,23 +892,24 @@ impl TierCleanup {
 /// Armed while a bulk write (`clear`, `delete_prefix`, `restore`) may have changed the
 /// durable tier and the tiers are not cleaned yet: if the caller's future is dropped, a
 /// spawned task cleans them.
-struct BulkCleanup {
-    tiers: Vec<Arc<dyn StateBackend>>,
+struct BulkCleanup<'a> {
+    backend: &'a TieredStateBackend,
     cleanup: Option<TierCleanup>,
 }
 
-impl Drop for BulkCleanup {
+impl Drop for BulkCleanup<'_> {
     fn drop(&mut self) {
-        let (Some(cleanup), Ok(handle)) =
-            (self.cleanup.take(), tokio::runtime::Handle::try_current())
-        else {
+        let Some(cleanup) = self.cleanup.take() else {
             return;
         };
-        for tier in self.tiers.drain(..) {
-            let cleanup = cleanup.clone();
-            handle.spawn(async move {
-                let _ = cleanup.run(&*tier).await;
-            });
-        }
+        let tiers: Vec<Arc<dyn StateBackend>> = self
+            .backend
+            .tiers
+            .iter()
+            .map(|t| Arc::clone(&t.backend))
+            .collect();
+        self.backend.repair_in_background(async move {
+            join_all(tiers.iter().map(|tier| cleanup.run(&**tier))).await;
+        });
     }
 }
