@@ -944,7 +944,7 @@ async fn run_lin_op(backend: &dyn StateBackend, key: &[u8], op: &LinOp) -> State
 /// Records one history: `tasks` tasks of `ops` random operations each on three keys, all
 /// running at once.
 async fn record_history(
-    backend: Arc<dyn StateBackend>,
+    backends: &[Arc<dyn StateBackend>],
     stale_reads: bool,
     atomic: bool,
     tasks: u64,
@@ -955,7 +955,8 @@ async fn record_history(
     let barrier = Arc::new(tokio::sync::Barrier::new(tasks as usize));
     let handles: Vec<_> = (0..tasks)
         .map(|task| {
-            let (backend, history, barrier) = (backend.clone(), history.clone(), barrier.clone());
+            let backend = Arc::clone(&backends[task as usize % backends.len()]);
+            let (history, barrier) = (history.clone(), barrier.clone());
             tokio::spawn(async move {
                 let mut x = (seed ^ (task + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
                 let mut rand = move |n: u64| {
@@ -1010,6 +1011,37 @@ async fn record_history(
     history
 }
 
+/// Records one concurrent history of `tasks` tasks x `ops` operations on the history keys
+/// (`x`, `y`, `z`, reset first), the tasks spread round-robin over `backends` (for instance two
+/// instances of a cache over one shared store, or one backend while a reshard runs), and
+/// checks it for linearizability. With `stale_reads` the `get`s run but are left out of the
+/// check (what instances with private caches promise). Returns the operations checked, or
+/// the checker's report naming the operations.
+pub async fn concurrent_history_over(
+    backends: &[Arc<dyn StateBackend>],
+    stale_reads: bool,
+    tasks: u64,
+    ops: u64,
+    seed: u64,
+) -> Result<usize, String> {
+    assert!(!backends.is_empty(), "at least one backend");
+    let keys: Vec<&[u8]> = HISTORY_KEYS.to_vec();
+    backends[0]
+        .batch_delete(&keys)
+        .await
+        .map_err(|err| format!("resetting the history keys: {err}"))?;
+    let atomic = backends.iter().all(|b| b.capabilities().atomic);
+    let history = record_history(backends, stale_reads, atomic, tasks.max(1), ops, seed).await;
+    linearizability::check(&history)
+        .map(|summary| summary.operations)
+        .map_err(|report| {
+            format!(
+                "history of {} operations (seed {seed}) is {report}",
+                history.len()
+            )
+        })
+}
+
 /// Concurrent histories: several tasks run get, put, delete and (when the backend declares
 /// `atomic`) compare-and-swap, set-if-not-exists and get-and-delete on three keys at once;
 /// every invocation and answer is recorded with its time, and the history must be
@@ -1034,7 +1066,7 @@ pub async fn proof_concurrent_histories_are_linearizable(factory: &dyn BackendFa
             .await
             .expect("reset between histories");
         let history = record_history(
-            backend.clone(),
+            std::slice::from_ref(&backend),
             factory.reads_may_be_stale(),
             atomic,
             tasks,
