@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use state_core::{StateBackend, StateResult};
 
 pub mod cases;
+pub mod chaos;
 pub mod linearizability;
 mod proof;
 mod reference;
