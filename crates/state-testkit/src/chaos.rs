@@ -11,7 +11,8 @@
 //!   key that nothing ever deletes (the "SETNX key": it must have at most one winner).
 //! - A fault task, every [`SoakConfig::fault_gap`] (random within the range), arms one
 //!   [`WireFault`] on a random [`FaultInjector`]: a lost reply followed by a reset, a reset
-//!   after a random number of bytes, a latency spike, or a short blackhole.
+//!   after a random number of bytes (1 to 4096), a latency spike (20 to 250 ms per chunk), or,
+//!   rarely, a short blackhole (every call in flight then waits for its command timeout).
 //! - Every operation is recorded in a [`History`] with its invocation and response times. An
 //!   `OutcomeUnknown` answer is recorded as "may or may not have happened"; any other error
 //!   means, by the trait contract, that the call was not applied, so it is left out (and a
@@ -121,7 +122,7 @@ pub struct SoakConfig {
     pub fault_gap: (Duration, Duration),
     /// How long a latency spike or a blackhole lasts, random within this range.
     pub fault_length: (Duration, Duration),
-    /// Include blackholes among the faults.
+    /// Include blackholes among the faults (1 in 20).
     pub blackholes: bool,
     /// An operation running longer than this is a stall (a defect: every backend has a
     /// command timeout well below it).
@@ -172,8 +173,14 @@ pub struct SoakReport {
     pub faults_injected: u64,
     /// One-shot faults that fired, as the injectors count them.
     pub faults_fired: u64,
-    /// Latency spikes among the injected faults.
+    /// Injected lost-reply-then-reset faults.
+    pub replies_lost: u64,
+    /// Injected reset-after-N-bytes faults.
+    pub resets_after_bytes: u64,
+    /// Injected latency spikes.
     pub latency_spikes: u64,
+    /// Injected blackholes.
+    pub blackholes: u64,
     /// Writes answered `OutcomeUnknown`.
     pub unknown_outcomes: u64,
     /// Calls answered with a definite error (not applied, by the contract).
@@ -221,11 +228,14 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "  faults injected {} (one-shot fired {}, latency spikes {}); outcomes unknown {}; \
-             definite errors {}",
+            "  faults injected {} (reply lost + reset {}, reset after N bytes {}, one-shots fired \
+             {}; latency spikes {}; blackholes {}); outcomes unknown {}; definite errors {}",
             self.faults_injected,
+            self.replies_lost,
+            self.resets_after_bytes,
             self.faults_fired,
             self.latency_spikes,
+            self.blackholes,
             self.unknown_outcomes,
             self.definite_errors
         )?;
@@ -418,36 +428,50 @@ async fn worker(
     }
 }
 
+/// How many faults of each kind the fault task injected.
+#[derive(Debug, Default, Clone, Copy)]
+struct Injected {
+    replies_lost: u64,
+    resets_after_bytes: u64,
+    latency_spikes: u64,
+    blackholes: u64,
+}
+
 /// The fault task: arms a random fault on a random injector every `fault_gap` until `stop`.
-/// Returns (faults injected, latency spikes).
+/// A blackhole stalls every call in flight until its command timeout, so it is rarer (1 in
+/// 20) than the others.
 async fn fault_loop(
     faults: Vec<Arc<dyn FaultInjector>>,
     stop: Arc<AtomicBool>,
     config: SoakConfig,
-) -> (u64, u64) {
+) -> Injected {
     let mut rng = Rng::new(config.seed ^ 0xfa17);
-    let (mut injected, mut spikes) = (0, 0);
+    let mut injected = Injected::default();
     if faults.is_empty() {
-        return (0, 0);
+        return injected;
     }
     loop {
         tokio::time::sleep(rng.within(config.fault_gap)).await;
         if stop.load(Ordering::Relaxed) {
-            return (injected, spikes);
+            return injected;
         }
         let target = &faults[rng.below(faults.len() as u64) as usize];
-        let kinds = if config.blackholes { 10 } else { 9 };
+        let kinds = if config.blackholes { 20 } else { 19 };
         let fault = match rng.below(kinds) {
-            0..=2 => WireFault::ReplyLostThenReset,
-            3..=5 => WireFault::ResetAfterBytes(1 + rng.below(4096)),
-            6..=8 => WireFault::Latency(Duration::from_millis(20 + rng.below(230))),
+            0..=5 => WireFault::ReplyLostThenReset,
+            6..=11 => WireFault::ResetAfterBytes(1 + rng.below(4096)),
+            12..=18 => WireFault::Latency(Duration::from_millis(20 + rng.below(230))),
             _ => WireFault::Blackhole,
         };
         target.inject(fault);
-        injected += 1;
+        match fault {
+            WireFault::ReplyLostThenReset => injected.replies_lost += 1,
+            WireFault::ResetAfterBytes(_) => injected.resets_after_bytes += 1,
+            WireFault::Latency(_) => injected.latency_spikes += 1,
+            WireFault::Blackhole => injected.blackholes += 1,
+        }
         match fault {
             WireFault::Latency(_) | WireFault::Blackhole => {
-                spikes += u64::from(matches!(fault, WireFault::Latency(_)));
                 tokio::time::sleep(rng.within(config.fault_length)).await;
                 target.heal();
             }
@@ -573,7 +597,7 @@ pub async fn run(
     let fault_task = tokio::spawn(fault_loop(faults.clone(), stop.clone(), config.clone()));
     tokio::time::sleep(config.duration).await;
     stop.store(true, Ordering::Relaxed);
-    let (faults_injected, latency_spikes) = fault_task.await.expect("the fault task panicked");
+    let injected = fault_task.await.expect("the fault task panicked");
     for f in &faults {
         f.heal();
     }
@@ -725,9 +749,15 @@ pub async fn run(
         seed: config.seed,
         elapsed,
         operations: counters.operations.load(Ordering::Relaxed),
-        faults_injected,
+        faults_injected: injected.replies_lost
+            + injected.resets_after_bytes
+            + injected.latency_spikes
+            + injected.blackholes,
         faults_fired,
-        latency_spikes,
+        replies_lost: injected.replies_lost,
+        resets_after_bytes: injected.resets_after_bytes,
+        latency_spikes: injected.latency_spikes,
+        blackholes: injected.blackholes,
         unknown_outcomes: counters.unknown.load(Ordering::Relaxed),
         definite_errors: counters.definite.load(Ordering::Relaxed),
         acknowledged_writes,
