@@ -86,7 +86,6 @@ async fn chaos_soak_cluster_loses_no_acknowledged_write() {
             .await
             .unwrap(),
     );
-    let before: Vec<u64> = proxies.iter().map(|p| p.connections()).collect();
     let report = chaos::run(
         "redis cluster (a proxy per primary)",
         proxied.clone(),
@@ -101,9 +100,9 @@ async fn chaos_soak_cluster_loses_no_acknowledged_write() {
     .unwrap_or_else(|failure| panic!("{failure}"));
     eprintln!("{report}");
     assert!(report.faults_fired > 0, "{report}");
-    for (proxy, before) in proxies.iter().zip(before) {
+    for proxy in &proxies {
         assert!(
-            proxy.connections() > before || before > 0,
+            proxy.connections() > 0,
             "every primary was reached through its proxy"
         );
     }
