@@ -4,7 +4,10 @@
 //!   integration, doc tests, benches in smoke mode) with the servers the tests need.
 //! - `cargo xtask bench [ARGS]`: the criterion benches (`cargo bench -p state-benches`).
 //! - `cargo xtask package`: `cargo package` of every publishable crate.
-//! - `cargo xtask services up|down|status`: the test servers, for manual runs.
+//! - `cargo xtask services up|down|status`: the test servers, for manual runs, with fault
+//!   proxies in front of Redis standalone and the PostgreSQL primary.
+//! - `cargo xtask proxy [status | <redis|postgres> <fault> [arg]]`: switches a fault proxy of a
+//!   running `services up` (see `proxy.rs` for the faults).
 //!
 //! Every command is printed before it runs, so a CI log can be replayed by hand.
 
@@ -13,6 +16,7 @@ use std::process::ExitCode;
 mod cmd;
 mod postgres;
 mod proc;
+mod proxy;
 mod redis;
 mod services;
 
@@ -23,10 +27,11 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("services") => services::command(&args[1..]),
+        Some("proxy") => proxy::command(&args[1..]),
         Some("package") => package(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | bench [NAME] [criterion args] | package | services up|down|status>"
+                "usage: cargo xtask <test [--no-lint] | bench [NAME] [criterion args] | package | services up|down|status | proxy [status | <redis|postgres> <none|latency MS|reply-lost|reply-lost-on TEXT|blackhole|reset-after BYTES>]>"
             );
             return ExitCode::from(2);
         }

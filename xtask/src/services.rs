@@ -150,8 +150,10 @@ pub(crate) fn command(args: &[String]) -> anyhow::Result<()> {
         }
         Some("up") => {
             let running = Running::start_for_tests()?;
-            let exports = running
-                .env()
+            let mut env = running.env();
+            // Fault proxies for manual runs; `cargo xtask proxy` switches their faults.
+            env.extend(crate::proxy::start(&env)?.env);
+            let exports = env
                 .iter()
                 .map(|(k, v)| format!("export {k}={v}"))
                 .collect::<Vec<_>>()
@@ -163,6 +165,10 @@ pub(crate) fn command(args: &[String]) -> anyhow::Result<()> {
             println!(
                 "# also in {}; run tests in another shell after `source`-ing it.",
                 file.display()
+            );
+            println!(
+                "# fault proxies: STATE_REDIS_PROXY_URL, STATE_POSTGRES_PROXY_URL; switch with \
+                 `cargo xtask proxy <redis|postgres> <fault>` (`cargo xtask proxy` for status)."
             );
             println!("# servers run until you press Enter or Ctrl-C.");
             let mut line = String::new();

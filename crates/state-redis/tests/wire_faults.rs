@@ -11,52 +11,18 @@
 //! fred routes by, sends the client through the proxy. The node's setting is restored at the
 //! end (and by a guard on panic).
 
+mod common;
+
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{Announce, addr_of, cluster_urls, primary_of, url};
 
 use bytes::Bytes;
 use state_core::{ErrorKind, StateBackend, StateResult};
 use state_redis::{RedisConfig, RedisStateBackend};
 use state_test_servers::proxy::{FaultProxy, ProxyFault};
-
-fn url() -> String {
-    std::env::var("STATE_REDIS_URL").expect("STATE_REDIS_URL: run `cargo xtask test`")
-}
-
-fn cluster_urls() -> Vec<String> {
-    std::env::var("STATE_REDIS_CLUSTER_URLS")
-        .expect("STATE_REDIS_CLUSTER_URLS: run `cargo xtask test`")
-        .split(',')
-        .map(str::to_owned)
-        .collect()
-}
-
-fn redis_cli() -> String {
-    std::env::var("STATE_REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".to_owned())
-}
-
-fn addr_of(url: &str) -> SocketAddr {
-    let hostport = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .trim_end_matches('/');
-    hostport.parse().expect("redis://host:port with an IP host")
-}
-
-/// Runs `redis-cli -p <port> args...` and returns its output.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new(redis_cli())
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A call that went through the proxy while the reply was lost: it was applied (the server
 /// got it), so the answer must be the true one or `OutcomeUnknown`; any definite error would
@@ -278,56 +244,6 @@ async fn standalone_lost_replies_give_the_truth_or_outcome_unknown() {
     direct.clear().await.unwrap();
 }
 
-/// Restores a cluster node's announced ports when dropped, and waits (up to 15 s) until every
-/// node's view has dropped the proxy's port again, so later tests see the real topology.
-struct Announce {
-    port: u16,
-    proxy_port: u16,
-    nodes: Vec<u16>,
-}
-
-impl Drop for Announce {
-    fn drop(&mut self) {
-        cli(self.port, &["CONFIG", "SET", "cluster-announce-port", "0"]);
-        cli(
-            self.port,
-            &["CONFIG", "SET", "cluster-announce-bus-port", "0"],
-        );
-        let stale = format!(":{}@", self.proxy_port);
-        let until = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < until
-            && self
-                .nodes
-                .iter()
-                .any(|&n| cli(n, &["CLUSTER", "NODES"]).contains(&stale))
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// The port of the primary serving `slot`, from `CLUSTER SLOTS` on `port`.
-fn primary_of(port: u16, slot: u16) -> u16 {
-    let nodes = cli(port, &["CLUSTER", "NODES"]);
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 || !fields[2].contains("master") {
-            continue;
-        }
-        for range in &fields[8..] {
-            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-            let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) else {
-                continue;
-            };
-            if (lo..=hi).contains(&slot) {
-                let addr = fields[1].split('@').next().unwrap();
-                return addr.rsplit(':').next().unwrap().parse().unwrap();
-            }
-        }
-    }
-    panic!("no primary serves slot {slot}: {nodes}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lost_replies_give_the_truth_or_outcome_unknown() {
     let urls = cluster_urls();
@@ -339,40 +255,10 @@ async fn cluster_lost_replies_give_the_truth_or_outcome_unknown() {
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .unwrap();
-    let bus_port = cli(port, &["CONFIG", "GET", "cluster-port"])
-        .lines()
-        .nth(1)
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .filter(|&p| p != 0)
-        .unwrap_or(port + 10_000);
-    let _restore = Announce {
+    let _restore = Announce::new(
         port,
-        proxy_port: proxy.port(),
-        nodes: urls.iter().map(|u| addr_of(u).port()).collect(),
-    };
-    cli(
-        port,
-        &[
-            "CONFIG",
-            "SET",
-            "cluster-announce-bus-port",
-            &bus_port.to_string(),
-        ],
-    );
-    cli(
-        port,
-        &[
-            "CONFIG",
-            "SET",
-            "cluster-announce-port",
-            &proxy.port().to_string(),
-        ],
-    );
-    // The node announces the proxy at once in its own CLUSTER SLOTS, which is where the
-    // client below discovers the topology (its only seed is the proxy).
-    assert!(
-        cli(port, &["CLUSTER", "SLOTS"]).contains(&proxy.port().to_string()),
-        "the node announces the proxy"
+        proxy.port(),
+        urls.iter().map(|u| addr_of(u).port()).collect(),
     );
     let proxied = RedisStateBackend::new(
         RedisConfig::builder()

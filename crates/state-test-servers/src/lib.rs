@@ -8,7 +8,9 @@
 //! want to crash, restart or reconfigure.
 //!
 //! - [`postgres`]: PostgreSQL primaries and streaming replicas ([`postgres::PostgresServer`]).
-//! - [`proxy`]: a fault-injecting TCP proxy (tokio) to put in front of any of them.
+//! - [`proxy`]: a fault-injecting TCP proxy (tokio) to put in front of any of them; with the
+//!   `chaos` feature, a `FaultProxy` is a `state_testkit::chaos::FaultInjector`, so the chaos
+//!   soak can drive it.
 //!
 //! Running as root (CI containers): PostgreSQL refuses to run as root, so the server
 //! processes run as the `postgres` system user (created as `state-pg` when missing), and

@@ -331,6 +331,27 @@ async fn forward(shared: &Shared, to: &mut TcpStream, chunk: &[u8]) -> Step {
     }
 }
 
+#[cfg(feature = "chaos")]
+impl state_testkit::chaos::FaultInjector for FaultProxy {
+    fn inject(&self, fault: state_testkit::chaos::WireFault) {
+        use state_testkit::chaos::WireFault;
+        self.set_fault(match fault {
+            WireFault::ReplyLostThenReset => ProxyFault::ReplyLostThenReset,
+            WireFault::ResetAfterBytes(n) => ProxyFault::ResetAfterBytes(n),
+            WireFault::Latency(delay) => ProxyFault::Latency(delay),
+            WireFault::Blackhole => ProxyFault::Blackhole,
+        });
+    }
+
+    fn heal(&self) {
+        self.set_fault(ProxyFault::None);
+    }
+
+    fn fired(&self) -> u64 {
+        self.faults_fired()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use state_core::{StateBackend, StateResult};
 
 pub mod cases;
+pub mod chaos;
 pub mod linearizability;
 #[cfg(feature = "locks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "locks")))]

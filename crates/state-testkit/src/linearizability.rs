@@ -268,15 +268,51 @@ pub struct NotLinearizable {
     pub stuck: Vec<Operation>,
     /// How many operations the key's sub-history holds.
     pub operations_on_key: usize,
+    /// `true` when the search gave up (it examined [`SearchBudget::configurations`]
+    /// configurations of this key without finding a valid order or exhausting them): the
+    /// history was not shown linearizable, and not shown otherwise either.
+    pub undecided: bool,
+}
+
+/// How much a [`check_within`] may search per key before it gives up undecided.
+///
+/// The search is polynomial on linearizable histories in practice, but proving that a
+/// history has *no* valid order means examining every configuration (set of operations
+/// ordered, register value) reachable before the violation, which grows quickly with the
+/// number of overlapping operations. A budget turns a pathological search into an
+/// `undecided` report instead of exhausting memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchBudget {
+    /// Configurations memoised per key before the search gives up.
+    pub configurations: usize,
+}
+
+impl Default for SearchBudget {
+    /// Four million configurations per key (about 200 MB of memo at most).
+    fn default() -> Self {
+        Self {
+            configurations: 4_000_000,
+        }
+    }
 }
 
 impl fmt::Display for NotLinearizable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "not linearizable: no order of the {} operations on key {:?} explains their results",
-            self.operations_on_key, self.key
-        )?;
+        if self.undecided {
+            writeln!(
+                f,
+                "undecided: the search over the {} operations on key {:?} gave up (budget \
+                 spent) before finding an order that explains their results",
+                self.operations_on_key, self.key
+            )?;
+        } else {
+            writeln!(
+                f,
+                "not linearizable: no order of the {} operations on key {:?} explains their \
+                 results",
+                self.operations_on_key, self.key
+            )?;
+        }
         writeln!(
             f,
             "longest valid prefix ({} operations), after which the key holds {:?}:",
@@ -300,8 +336,18 @@ impl fmt::Display for NotLinearizable {
 
 impl std::error::Error for NotLinearizable {}
 
-/// Checks `history` for linearizability against a map of registers (see the module docs).
+/// Checks `history` for linearizability against a map of registers (see the module docs),
+/// within the default [`SearchBudget`].
 pub fn check(history: &History) -> Result<Linearized, Box<NotLinearizable>> {
+    check_within(history, SearchBudget::default())
+}
+
+/// Like [`check`], giving up (a report with [`NotLinearizable::undecided`]) on a key whose
+/// search exceeds `budget`.
+pub fn check_within(
+    history: &History,
+    budget: SearchBudget,
+) -> Result<Linearized, Box<NotLinearizable>> {
     let ops = history.operations();
     let initial = lock(&history.initial).clone();
     let mut by_key: BTreeMap<Bytes, Vec<Operation>> = BTreeMap::new();
@@ -313,7 +359,7 @@ pub fn check(history: &History) -> Result<Linearized, Box<NotLinearizable>> {
         .filter(|op| op.completion == Completion::Unknown)
         .count();
     for (key, key_ops) in &by_key {
-        check_register(key, initial.get(key).cloned(), key_ops)?;
+        check_register(key, initial.get(key).cloned(), key_ops, budget)?;
     }
     Ok(Linearized {
         operations: ops.len(),
@@ -362,6 +408,7 @@ fn check_register(
     key: &Bytes,
     initial: Option<Bytes>,
     ops: &[Operation],
+    budget: SearchBudget,
 ) -> Result<(), Box<NotLinearizable>> {
     let n = ops.len();
     // Events: index 2i is the call of op i, 2i + 1 its return; sorted by time, calls first on
@@ -391,9 +438,13 @@ fn check_register(
     }
     let event_of_node = |node: usize| events[node - 1];
 
-    let words = n.div_ceil(64).max(1);
-    let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, Option<Bytes>)> = HashSet::new();
+    // The set of linearized operations, as a Zobrist hash: a random 128-bit tag per operation,
+    // XOR-ed in and out, so a step costs O(1) time and a memoised configuration 16 bytes plus
+    // the value, whatever the history's length (a bitset per configuration made memory grow
+    // with the square of the history). Two different sets collide with probability 2^-128.
+    let tags: Vec<u128> = (0..n as u64).map(zobrist_tag).collect();
+    let mut linearized: u128 = 0;
+    let mut cache: HashSet<(u128, Option<Bytes>)> = HashSet::new();
     let mut stack: Vec<(usize, Option<Bytes>)> = Vec::new();
     let mut state = initial;
     let mut best: (Vec<usize>, Option<Bytes>) = (Vec::new(), state.clone());
@@ -425,18 +476,22 @@ fn check_register(
             };
             let mut moved = false;
             if let Some(Next(new_state)) = step(state.as_ref(), &op.op, ret) {
-                let mut with = linearized.clone();
-                with[op_index / 64] |= 1 << (op_index % 64);
-                if cache.insert((with.clone(), new_state.clone())) {
+                let with = linearized ^ tags[op_index];
+                if cache.len() >= budget.configurations {
+                    if stack.len() > best.0.len() {
+                        best = (stack.iter().map(|(i, _)| *i).collect(), state.clone());
+                    }
+                    let mut report = report(key, ops, &best);
+                    report.undecided = true;
+                    return Err(Box::new(report));
+                }
+                if cache.insert((with, new_state.clone())) {
                     stack.push((op_index, std::mem::replace(&mut state, new_state)));
                     linearized = with;
                     // Lift the call and its return out of the list.
                     let ret_node = node_of_event[event + 1];
                     unlink(&mut next, &mut prev, node);
                     unlink(&mut next, &mut prev, ret_node);
-                    if stack.len() > best.0.len() {
-                        best = (stack.iter().map(|(i, _)| *i).collect(), state.clone());
-                    }
                     node = next[0];
                     moved = true;
                 }
@@ -445,12 +500,17 @@ fn check_register(
                 node = next[node];
             }
         } else {
-            // A return whose operation is not linearized yet: undo the last choice.
+            // A return whose operation is not linearized yet: undo the last choice. The stack
+            // is at a peak here, so this is where the longest valid prefix is kept (copying it
+            // at every push would make a long linearizable history quadratic).
+            if stack.len() > best.0.len() {
+                best = (stack.iter().map(|(i, _)| *i).collect(), state.clone());
+            }
             let Some((op_index, old_state)) = stack.pop() else {
                 return Err(Box::new(report(key, ops, &best)));
             };
             state = old_state;
-            linearized[op_index / 64] &= !(1 << (op_index % 64));
+            linearized ^= tags[op_index];
             let call_node = node_of_event[2 * op_index];
             let ret_node = node_of_event[2 * op_index + 1];
             relink(&mut next, &mut prev, ret_node);
@@ -459,6 +519,24 @@ fn check_register(
         }
     }
     Ok(())
+}
+
+/// The Zobrist tag of operation `i`: two rounds of splitmix64, fixed so reports repeat.
+fn zobrist_tag(i: u64) -> u128 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let a = mix(i
+        .wrapping_mul(2)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let b = mix(i
+        .wrapping_mul(2)
+        .wrapping_add(2)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (u128::from(a) << 64) | u128::from(b)
 }
 
 fn report(key: &Bytes, ops: &[Operation], best: &(Vec<usize>, Option<Bytes>)) -> NotLinearizable {
@@ -483,6 +561,7 @@ fn report(key: &Bytes, ops: &[Operation], best: &(Vec<usize>, Option<Bytes>)) ->
         state: best.1.clone(),
         stuck,
         operations_on_key: ops.len(),
+        undecided: false,
     }
 }
 
@@ -568,6 +647,24 @@ mod tests {
             text.contains("client 2 get(b\"k\") -> Some(b\"a\")"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_search_over_budget_is_reported_undecided_not_passed() {
+        let h = history(vec![
+            op(1, Op::Put(v("a")), 0, 1, Ret::Written),
+            op(1, Op::Put(v("b")), 2, 3, Ret::Written),
+            op(2, Op::Get, 4, 5, Ret::Value(Some(v("a")))),
+        ]);
+        let err = check_within(&h, SearchBudget { configurations: 1 }).unwrap_err();
+        assert!(err.undecided);
+        assert!(err.to_string().starts_with("undecided"), "{err}");
+        let err = check(&h).unwrap_err();
+        assert!(!err.undecided);
+        assert!(err.to_string().starts_with("not linearizable"), "{err}");
+        // A linearizable history within budget is decided.
+        let ok = history(vec![op(1, Op::Put(v("a")), 0, 1, Ret::Written)]);
+        check_within(&ok, SearchBudget { configurations: 1 }).unwrap();
     }
 
     #[test]
@@ -714,6 +811,37 @@ mod tests {
         let get = h.invoke(3, "k", Op::Get);
         h.returned(get, Ret::Value(Some(v("b"))));
         assert!(check(&h).is_err());
+    }
+
+    /// A long single-key history (100,000 sequential operations) checks in linear memory:
+    /// the memo holds a fixed-size hash of each configuration, not a bitset of the history.
+    #[test]
+    fn a_long_history_checks_quickly() {
+        let h = History::new();
+        for i in 0..100_000u64 {
+            let (op, ret) = if i % 2 == 0 {
+                (Op::Put(v(&i.to_string())), Ret::Written)
+            } else {
+                (Op::Get, Ret::Value(Some(v(&(i - 1).to_string()))))
+            };
+            h.push(Operation {
+                client: i % 4,
+                key: v("k"),
+                op,
+                invoked: Duration::from_micros(10 * i),
+                completion: Completion::Returned {
+                    at: Duration::from_micros(10 * i + 5),
+                    ret,
+                },
+            });
+        }
+        let started = Instant::now();
+        assert_eq!(check(&h).unwrap().operations, 100_000);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A simulated linearizable register with 8 clients and heavy overlap: every history
