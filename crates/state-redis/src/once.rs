@@ -112,21 +112,21 @@ async fn ping_until_answered(client: Client, node: Option<fred::types::config::S
             Some(node) => client.with_cluster_node(node.clone()).ping(None).await,
             None => client.ping(None).await,
         };
-        match pong {
-            Ok(_) => return,
-            // Not answered (yet): the PING timed out, or its connection was lost and is being
-            // re-established (fred re-sends what was queued on it, the dropped write first).
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    fred::error::ErrorKind::Timeout
-                        | fred::error::ErrorKind::IO
-                        | fred::error::ErrorKind::Routing
-                        | fred::error::ErrorKind::Cluster
-                        | fred::error::ErrorKind::Backpressure
-                ) => {}
-            // An error reply is an answer too; `Canceled`: the client was closed.
-            Err(_) => return,
+        // Not answered (yet): the PING timed out, or its connection was lost and is being
+        // re-established (fred re-sends what was queued on it, the dropped write first). Any
+        // other outcome is an answer (an error reply too), or `Canceled`: the client closed.
+        let unanswered = pong.as_ref().is_err_and(|err| {
+            matches!(
+                err.kind(),
+                fred::error::ErrorKind::Timeout
+                    | fred::error::ErrorKind::IO
+                    | fred::error::ErrorKind::Routing
+                    | fred::error::ErrorKind::Cluster
+                    | fred::error::ErrorKind::Backpressure
+            )
+        });
+        if !unanswered {
+            return;
         }
         if let Some(node) = &node {
             let still_primary = client
