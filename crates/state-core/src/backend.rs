@@ -89,7 +89,9 @@ pub(crate) const DEFAULT_CHUNK: usize = 256;
 /// state as `OutcomeUnknown`: it may or may not have been applied, and the backend does no
 /// further work for it once the drop returns, except what was already sent to a server; a
 /// remote backend then makes its later writes wait until the server has answered the dropped
-/// one (bounded by its command timeout), so it cannot land after them.
+/// one, so it cannot land after them. Each later write waits at most its command timeout and
+/// then fails unsent (a retryable [`crate::ErrorKind::Timeout`]) for as long as the dropped
+/// one stays unanswered (held up on the network, a stalled server).
 ///
 /// # Cancellation
 ///

@@ -21,6 +21,12 @@ use crate::{StateError, StateResult};
 /// that waits until the server has answered everything sent on that connection (for
 /// instance a `PING` or an empty query queued behind it); every write first calls
 /// [`OrphanedWrites::settled`]. Writes that complete normally cost one atomic load.
+///
+/// A ticket is never given up on a timer: a dropped write held up on the network (or on a
+/// stalled server) for longer than the command timeout still lands when it arrives, and a
+/// later write let through in the meantime would be overwritten by it. While one is
+/// unanswered, later writes wait up to their own bound and then fail unsent (a retryable
+/// `Timeout`); the drain ends when the server answers or the connection is gone.
 #[derive(Debug, Default)]
 pub struct OrphanedWrites {
     pending: AtomicUsize,
@@ -68,10 +74,11 @@ impl OrphanedWrites {
     }
 
     /// Spawns `drain` (which resolves once the server answered everything sent before it on
-    /// the dropped write's connection) on the current tokio runtime, holding a ticket until it
-    /// resolves or `patience` passes. Returns `false` (nothing spawned, nothing pending) outside
-    /// a runtime.
-    pub fn drain_in_background<F>(self: &Arc<Self>, patience: Duration, drain: F) -> bool
+    /// the dropped write's connection, or that connection is gone) on the current tokio
+    /// runtime, holding a ticket until it resolves, however long that takes (see the type's
+    /// docs: giving up on a timer would let a later write be overwritten by the dropped one).
+    /// Returns `false` (nothing spawned, nothing pending) outside a runtime.
+    pub fn drain_in_background<F>(self: &Arc<Self>, drain: F) -> bool
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -80,7 +87,7 @@ impl OrphanedWrites {
         };
         let ticket = self.orphan();
         runtime.spawn(async move {
-            let _ = tokio::time::timeout(patience, drain).await;
+            drain.await;
             drop(ticket);
         });
         true
@@ -131,10 +138,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_drain_that_never_finishes_is_given_up_after_its_patience() {
+    async fn a_drain_holds_its_ticket_until_it_resolves_however_long_that_takes() {
         let orphans = OrphanedWrites::new();
-        assert!(orphans.drain_in_background(Duration::from_millis(30), std::future::pending()));
+        let (answered, answer) = tokio::sync::oneshot::channel::<()>();
+        assert!(orphans.drain_in_background(async move {
+            let _ = answer.await;
+        }));
         assert_eq!(orphans.pending(), 1);
+        // Later writes fail unsent, however many times they try, until the server answered.
+        for _ in 0..3 {
+            let err = orphans
+                .settled("t", Duration::from_millis(20))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Timeout);
+        }
+        assert_eq!(orphans.pending(), 1);
+        answered.send(()).unwrap();
         orphans.settled("t", Duration::from_secs(5)).await.unwrap();
         assert_eq!(orphans.pending(), 0);
     }

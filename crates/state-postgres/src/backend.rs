@@ -346,7 +346,7 @@ impl PostgresStateBackend {
         Ok(self
             .primary()
             .await?
-            .for_writes(Arc::clone(&self.inner.orphans), patience))
+            .for_writes(Arc::clone(&self.inner.orphans)))
     }
 
     fn read_your_writes(&self) -> bool {

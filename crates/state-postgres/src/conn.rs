@@ -18,8 +18,10 @@
 //! shared suite's cancellation case, reproduced in `tests/cancellation.rs`). So the dropped
 //! write also takes a ticket in the backend's [`OrphanedWrites`], held by a spawned task until
 //! the server has answered everything sent on the connection (an empty query queued behind
-//! the cancelled statement) or the command timeout passed; every write waits first until no
-//! ticket is out. Reads never wait.
+//! the cancelled statement) or the connection is gone; every write waits first until no
+//! ticket is out, at most the command timeout, and then fails unsent (a retryable `Timeout`).
+//! Giving the ticket up after a timeout would let a statement delayed on the network land
+//! after a later acknowledged write (`tests/cancellation.rs`). Reads never wait.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,9 +83,8 @@ pub(crate) struct Conn {
     client: Option<Object>,
     connector: Connector,
     in_flight: InFlight,
-    /// For a write's connection: the backend's dropped writes, and how long to wait for the
-    /// server to answer a dropped one.
-    orphans: Option<(Arc<OrphanedWrites>, Duration)>,
+    /// For a write's connection: the backend's dropped writes.
+    orphans: Option<Arc<OrphanedWrites>>,
 }
 
 impl Conn {
@@ -99,10 +100,10 @@ impl Conn {
     }
 
     /// Marks this connection as carrying a write: dropped with a statement in flight, it
-    /// holds a ticket in `orphans` until the server has answered (at most `patience`); see
-    /// the module docs.
-    pub(crate) fn for_writes(mut self, orphans: Arc<OrphanedWrites>, patience: Duration) -> Self {
-        self.orphans = Some((orphans, patience));
+    /// holds a ticket in `orphans` until the server has answered or the connection is gone;
+    /// see the module docs.
+    pub(crate) fn for_writes(mut self, orphans: Arc<OrphanedWrites>) -> Self {
+        self.orphans = Some(orphans);
         self
     }
 
@@ -207,13 +208,14 @@ impl Drop for Conn {
         if self.in_flight.any() {
             cancel_running(&client, &self.connector);
             match (&self.orphans, tokio::runtime::Handle::try_current()) {
-                (Some((orphans, patience)), Ok(_)) if !client.is_closed() => {
+                (Some(orphans), Ok(_)) if !client.is_closed() => {
                     // Later writes wait until everything sent on this connection is answered
-                    // (the empty query is answered after the cancelled statement), then the
-                    // connection closes, never back to the pool.
-                    let patience = *patience;
-                    orphans.drain_in_background(patience * 2, async move {
-                        let _ = tokio::time::timeout(patience, client.simple_query("")).await;
+                    // (the empty query is answered after the cancelled statement) or the
+                    // connection is gone, then it closes, never back to the pool. No timer:
+                    // a statement held up on the network past the command timeout still runs
+                    // when it arrives, so later writes fail unsent until then.
+                    orphans.drain_in_background(async move {
+                        let _ = client.simple_query("").await;
                         drop(Object::take(client));
                     });
                 }

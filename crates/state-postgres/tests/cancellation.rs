@@ -133,3 +133,75 @@ async fn a_write_waits_at_most_the_command_timeout_for_an_earlier_dropped_one() 
     );
     backend.clear().await.unwrap();
 }
+
+/// `STATE_POSTGRES_URL` with its host and port replaced by `127.0.0.1:port`.
+fn url_via(port: u16) -> String {
+    let url = url();
+    let (scheme_user, rest) = url.split_once('@').expect("postgres://user@host:port/db");
+    let (_, path) = rest.split_once('/').unwrap_or((rest, "postgres"));
+    format!("{scheme_user}@127.0.0.1:{port}/{path}")
+}
+
+fn upstream() -> std::net::SocketAddr {
+    let url = url();
+    let rest = url.split_once('@').expect("user@host").1;
+    rest.split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("an IP host and a port")
+}
+
+/// The dropped write's statement is held up on the network (its connection's packets arrive
+/// late) for longer than the command timeout, while a later write on a fresh connection is
+/// acknowledged: the later write must either wait for the dropped one or fail unsent; it must
+/// never be acknowledged and then overwritten by the late statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_put_delayed_beyond_the_command_timeout_never_overwrites_a_later_acknowledged_put()
+ {
+    use state_test_servers::proxy::{FaultProxy, ProxyFault};
+
+    let proxy = FaultProxy::start(upstream()).await.unwrap();
+    let table = format!("cancel_{}", state_testkit::unique_namespace());
+    let config = PostgresConfig::builder()
+        .url(url_via(proxy.port()))
+        .table(&table)
+        .pool_size(4)
+        .sweep_interval(None)
+        .command_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let backend = PostgresStateBackend::with_config(config).await.unwrap();
+    backend.put(b"k", b"v0").await.unwrap();
+
+    // The dropped put's packets (and its cancel request) take 3 s to reach the server.
+    proxy.set_fault(ProxyFault::Latency(Duration::from_secs(3)));
+    let dropped = tokio::time::timeout(Duration::from_millis(50), backend.put(b"k", b"old")).await;
+    assert!(dropped.is_err(), "the put should still be on its way");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set_fault(ProxyFault::None);
+
+    // Later writes, until one is acknowledged (well before the dropped put arrives).
+    let started = std::time::Instant::now();
+    let mut acknowledged = false;
+    while started.elapsed() < Duration::from_secs(2) {
+        if backend.put(b"k", b"new").await.is_ok() {
+            acknowledged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the delayed statement arrive and run.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let value = backend.get(b"k").await.unwrap();
+    if acknowledged {
+        assert_eq!(
+            value.as_deref(),
+            Some(&b"new"[..]),
+            "a put dropped earlier landed after a later acknowledged put"
+        );
+    }
+    // Once the dropped put was answered, writes go through again.
+    backend.put(b"k", b"after").await.unwrap();
+    backend.clear().await.unwrap();
+}

@@ -212,7 +212,6 @@ impl RedisStateBackend {
         Ok(Sending::new(
             self.inner.pool.next().clone(),
             Arc::clone(&self.inner.orphans),
-            patience,
         ))
     }
 

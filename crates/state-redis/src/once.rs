@@ -68,26 +68,23 @@ pub async fn eval_once<R: FromValue>(
 
 /// One write's client. Dropped before [`Sending::answered`] (the caller's future was dropped
 /// with the command possibly queued or on the wire, or the command failed), a spawned task
-/// sends `PING` behind it on the same connection (each primary's, in a Cluster) and later
-/// writes wait ([`state_core::OrphanedWrites`]) until that answers, so the dropped command
-/// cannot reach Redis after a later acknowledged write sent on another pooled connection.
+/// sends `PING` behind it on the same connection (each primary's, in a Cluster) until one is
+/// answered, and later writes wait ([`state_core::OrphanedWrites`]) until then, so the
+/// dropped command cannot reach Redis after a later acknowledged write sent on another pooled
+/// connection. A `PING` that times out is sent again rather than given up: the dropped
+/// command may be held up on the network past the command timeout and still run when it
+/// arrives (`tests/cancellation.rs`); meanwhile later writes fail unsent (`Timeout`).
 pub(crate) struct Sending {
     client: Client,
     orphans: std::sync::Arc<state_core::OrphanedWrites>,
-    patience: std::time::Duration,
     armed: bool,
 }
 
 impl Sending {
-    pub(crate) fn new(
-        client: Client,
-        orphans: std::sync::Arc<state_core::OrphanedWrites>,
-        patience: std::time::Duration,
-    ) -> Self {
+    pub(crate) fn new(client: Client, orphans: std::sync::Arc<state_core::OrphanedWrites>) -> Self {
         Self {
             client,
             orphans,
-            patience,
             armed: true,
         }
     }
@@ -102,23 +99,65 @@ impl Sending {
     }
 }
 
+/// How long to wait between two `PING`s that were not answered (connection lost, reconnecting).
+const PING_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Sends `PING` on `client`'s connection (to `node` in a Cluster) until Redis answers one: then
+/// everything sent before the first one was answered too. Stops when the client was closed, or
+/// `node` is no longer a primary of the cluster (its connection and what was queued on it are
+/// gone).
+async fn ping_until_answered(client: Client, node: Option<fred::types::config::Server>) {
+    loop {
+        let pong: Result<Value, fred::error::Error> = match &node {
+            Some(node) => client.with_cluster_node(node.clone()).ping(None).await,
+            None => client.ping(None).await,
+        };
+        // Not answered (yet): the PING timed out, or its connection was lost and is being
+        // re-established (fred re-sends what was queued on it, the dropped write first). Any
+        // other outcome is an answer (an error reply too), or `Canceled`: the client closed.
+        let unanswered = pong.as_ref().is_err_and(|err| {
+            matches!(
+                err.kind(),
+                fred::error::ErrorKind::Timeout
+                    | fred::error::ErrorKind::IO
+                    | fred::error::ErrorKind::Routing
+                    | fred::error::ErrorKind::Cluster
+                    | fred::error::ErrorKind::Backpressure
+            )
+        });
+        if !unanswered {
+            return;
+        }
+        if let Some(node) = &node {
+            let still_primary = client
+                .cached_cluster_state()
+                .is_some_and(|state| state.unique_primary_nodes().contains(node));
+            if !still_primary {
+                return;
+            }
+        }
+        tokio::time::sleep(PING_AGAIN_AFTER).await;
+    }
+}
+
 impl Drop for Sending {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         let client = self.client.clone();
-        self.orphans.drain_in_background(self.patience, async move {
+        self.orphans.drain_in_background(async move {
             if client.is_clustered() {
                 let primaries = client
                     .cached_cluster_state()
                     .map(|state| state.unique_primary_nodes())
                     .unwrap_or_default();
-                for node in primaries {
-                    let _: Result<Value, _> = client.with_cluster_node(node).ping(None).await;
-                }
+                let pings = primaries
+                    .into_iter()
+                    .map(|node| ping_until_answered(client.clone(), Some(node)));
+                futures_util::future::join_all(pings).await;
             } else {
-                let _: Result<Value, _> = client.ping(None).await;
+                ping_until_answered(client, None).await;
             }
         });
     }
