@@ -837,9 +837,8 @@ impl Drop for TombstoneOnDrop<'_> {
         self.backend.repair_in_background(async move {
             for (tier, ttl) in &tiers {
                 for key in &keys {
-                    // A tier that fails here is bypassed by this instance already, or
-                    // will be on its next failure; its entries expire within its TTL.
-                    let _ = tier.put_with_ttl(key, &encode(None), *ttl).await;
+                    let tombstone = encode(None);
+                    until_done_or_expired(*ttl, || tier.put_with_ttl(key, &tombstone, *ttl)).await;
                 }
             }
         });
@@ -873,6 +872,33 @@ impl TieredStateBackend {
     }
 }
 
+/// How long a failed tier repair waits before it is tried again.
+const REPAIR_AGAIN_AFTER: Duration = Duration::from_millis(50);
+
+/// Runs a tier repair until it succeeds, or until the tier's `ttl` has passed (by then every
+/// entry the repair was to remove or overwrite has expired: tiers are written with at most
+/// their TTL). Ignoring a failure instead would end the repair (reads use the tiers again)
+/// with the stale entry still there: a tier that fails only here is not bypassed.
+async fn until_done_or_expired<F, Fut, T>(ttl: Duration, mut repair: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StateResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + ttl;
+    loop {
+        if tokio::time::timeout_at(deadline, repair())
+            .await
+            .is_ok_and(|outcome| outcome.is_ok())
+        {
+            return;
+        }
+        if tokio::time::Instant::now() + REPAIR_AGAIN_AFTER >= deadline {
+            return;
+        }
+        tokio::time::sleep(REPAIR_AGAIN_AFTER).await;
+    }
+}
+
 /// What a bulk write does to every cache tier.
 #[derive(Clone)]
 enum TierCleanup {
@@ -902,14 +928,19 @@ impl Drop for BulkCleanup<'_> {
         let Some(cleanup) = self.cleanup.take() else {
             return;
         };
-        let tiers: Vec<Arc<dyn StateBackend>> = self
+        let tiers: Vec<(Arc<dyn StateBackend>, Duration)> = self
             .backend
             .tiers
             .iter()
-            .map(|t| Arc::clone(&t.backend))
+            .map(|t| (Arc::clone(&t.backend), t.ttl))
             .collect();
         self.backend.repair_in_background(async move {
-            join_all(tiers.iter().map(|tier| cleanup.run(&**tier))).await;
+            join_all(
+                tiers
+                    .iter()
+                    .map(|(tier, ttl)| until_done_or_expired(*ttl, || cleanup.run(&**tier))),
+            )
+            .await;
         });
     }
 }
