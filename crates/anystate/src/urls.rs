@@ -35,6 +35,40 @@ const REDIS_DRIVER_OPTIONS: [&str; 4] = [
     "sentinelPassword",
 ];
 
+/// libpq parameters the PostgreSQL driver reads itself (tokio-postgres' and the backend's TLS
+/// ones); they stay in the URL.
+const POSTGRES_DRIVER_OPTIONS: [&str; 21] = [
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslrootcert",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "replication",
+    "sslcert",
+];
+
+const POSTGRES_OPTIONS: [&str; 5] = [
+    "table",
+    "pool_size",
+    "connect_timeout",
+    "command_timeout",
+    "statement_timeout",
+];
+
 const MEMORY_OPTIONS: [&str; 3] = ["max_entries", "max_bytes", "cleanup_interval"];
 const SLED_OPTIONS: [&str; 7] = [
     "tree",
@@ -157,9 +191,8 @@ pub(crate) fn take_redis_options(options: &mut RedisOptions, url: &str) -> State
     Ok(rebuild(base, &kept))
 }
 
-/// Reads the facade options out of a PostgreSQL URL; every other parameter is libpq's and
-/// stays (the driver refuses the ones it does not know, naming them). A libpq `key=value`
-/// string is returned unchanged.
+/// Reads the facade options out of a PostgreSQL URL; libpq's parameters stay, anything else is
+/// an unknown option. A libpq `key=value` string is returned unchanged.
 pub(crate) fn take_postgres_options(
     options: &mut PostgresOptions,
     url: &str,
@@ -191,7 +224,15 @@ pub(crate) fn take_postgres_options(
                 &key,
                 value::duration(&key, &text)?,
             )?,
-            _ => kept.push((key, text)),
+            _ if POSTGRES_DRIVER_OPTIONS.contains(&key.as_ref()) => kept.push((key, text)),
+            _ => {
+                return Err(unknown(
+                    "postgres",
+                    &key,
+                    &POSTGRES_OPTIONS,
+                    &POSTGRES_DRIVER_OPTIONS,
+                ));
+            }
         }
     }
     Ok(rebuild(base, &kept))

@@ -152,10 +152,10 @@ impl BackendFactory for Cluster {
                     .trim_end_matches('/')
             })
             .collect();
-        let mut url = format!("redis-cluster://{}?prefix={namespace}", nodes[0]);
-        for node in &nodes[1..] {
-            url.push_str(&format!("&node={node}"));
-        }
+        let url = nodes[1..].iter().fold(
+            format!("redis-cluster://{}?prefix={namespace}", nodes[0]),
+            |url, node| url + "&node=" + node,
+        );
         anystate::open(&url).await
     }
 }
