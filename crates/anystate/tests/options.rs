@@ -316,3 +316,73 @@ async fn secrets_never_appear_in_errors_or_debug() {
     let config = BackendConfig::from_url("postgres://app:hunter2@db/x?table=t").unwrap();
     assert!(!format!("{config:?}").contains("hunter2"));
 }
+
+fn server_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `cargo xtask test` (it starts the servers)")
+    })
+}
+
+/// On Redis, `namespace` nests under `prefix`: a backend on the bare prefix sees the
+/// namespaced key as `namespace:key`.
+#[tokio::test]
+async fn redis_prefix_and_namespace_options_place_keys() {
+    let url = server_env("STATE_REDIS_URL");
+    let prefix = state_testkit::unique_namespace();
+    let spaced = anystate::open(&format!("{url}?prefix={prefix}&namespace=tenant"))
+        .await
+        .unwrap();
+    spaced.put(b"k", b"v").await.unwrap();
+    let bare = anystate::open(&format!("{url}?prefix={prefix}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bare.list_keys(b"").await.unwrap(),
+        vec![Bytes::from_static(b"tenant:k")]
+    );
+    let other = anystate::open(&format!("{url}?prefix={prefix}x"))
+        .await
+        .unwrap();
+    assert_eq!(other.count().await.unwrap(), 0);
+    bare.clear().await.unwrap();
+}
+
+/// `timeout` bounds each operation: a batch of 500 round trips cannot finish in 1 ms, and
+/// does without the option.
+#[tokio::test]
+async fn timeout_option_bounds_each_operation() {
+    let url = server_env("STATE_REDIS_URL");
+    let prefix = state_testkit::unique_namespace();
+    let keys: Vec<Vec<u8>> = (0..50_000).map(|i| format!("k{i}").into_bytes()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let bounded = anystate::open(&format!("{url}?prefix={prefix}&timeout=1ms"))
+        .await
+        .unwrap();
+    let err = bounded.batch_get(&keys).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let free = anystate::open(&format!("{url}?prefix={prefix}"))
+        .await
+        .unwrap();
+    assert_eq!(free.batch_get(&keys).await.unwrap().len(), keys.len());
+}
+
+/// `table` and `statement_timeout` reach PostgreSQL: the table is created and used.
+#[tokio::test]
+async fn postgres_table_option_names_the_table() {
+    let url = server_env("STATE_POSTGRES_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let table = state_testkit::unique_namespace();
+    let a = anystate::open(&format!("{url}{sep}table={table}&statement_timeout=5s"))
+        .await
+        .unwrap();
+    a.put(b"k", b"v").await.unwrap();
+    let again = anystate::open(&format!("{url}{sep}table={table}"))
+        .await
+        .unwrap();
+    assert_eq!(again.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let other = anystate::open(&format!("{url}{sep}table={table}_b"))
+        .await
+        .unwrap();
+    assert_eq!(other.count().await.unwrap(), 0);
+    a.clear().await.unwrap();
+}
