@@ -101,6 +101,8 @@ fn package() -> anyhow::Result<()> {
         "state-lock",
         "-p",
         "state-layers",
+        "-p",
+        "anystate",
     ])
 }
 
