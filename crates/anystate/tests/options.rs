@@ -386,3 +386,34 @@ async fn postgres_table_option_names_the_table() {
     assert_eq!(other.count().await.unwrap(), 0);
     a.clear().await.unwrap();
 }
+
+/// `pool_stats()` through `Arc<dyn StateBackend>` (issue 14 point 3): the pool's figures on
+/// Redis and PostgreSQL, through every layer and the cache, and `None` where there is no pool.
+#[tokio::test]
+async fn pool_stats_reach_through_the_trait_object_and_every_layer() {
+    let memory = anystate::open("memory://").await.unwrap();
+    assert_eq!(memory.pool_stats(), None);
+    let redis = server_env("STATE_REDIS_URL");
+    let postgres = server_env("STATE_POSTGRES_URL");
+    let table = format!("pool_{}", state_testkit::unique_namespace());
+    let prefix = state_testkit::unique_namespace();
+    let layers = "namespace=t&cache.max_items=10&timeout=5s&retry.max_times=2";
+    for url in [
+        format!("{redis}?prefix={prefix}&pool_size=3"),
+        format!("{redis}?prefix={prefix}&pool_size=3&{layers}"),
+        format!("{postgres}?table={table}&pool_size=3"),
+        format!("{postgres}?table={table}&pool_size=3&{layers}"),
+    ] {
+        let backend = anystate::open(&url).await.unwrap();
+        backend.put(b"k", b"v").await.unwrap();
+        let stats = backend
+            .pool_stats()
+            .unwrap_or_else(|| panic!("no pool figures through {}", state_core::redact_url(&url)));
+        assert_eq!(stats.max_connections, 3, "{stats:?}");
+        assert!(
+            stats.active_connections + stats.idle_connections >= 1,
+            "{stats:?}"
+        );
+        backend.clear().await.unwrap();
+    }
+}

@@ -341,4 +341,22 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     async fn flush(&self) -> StateResult<()> {
         Ok(())
     }
+
+    /// The connection pool's figures, for a backend with a pool (Redis, PostgreSQL) and for
+    /// wrappers over one, which report their inner backend's (summed over shards); `None`
+    /// for a backend without connections. Cheap: read from counters, no round trip.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use state_core::StateBackend;
+    ///
+    /// fn alert_if_exhausted(backend: &Arc<dyn StateBackend>) {
+    ///     if backend.pool_stats().is_some_and(|p| p.is_exhausted()) {
+    ///         eprintln!("every connection is busy");
+    ///     }
+    /// }
+    /// ```
+    fn pool_stats(&self) -> Option<crate::PoolStats> {
+        None
+    }
 }

@@ -70,6 +70,10 @@ macro_rules! forward_backend {
                 self.inner.capabilities()
             }
 
+            fn pool_stats(&self) -> Option<::state_core::PoolStats> {
+                self.inner.pool_stats()
+            }
+
             async fn batch_get(
                 &self,
                 keys: &[&[u8]],

@@ -141,6 +141,10 @@ impl StateBackend for Namespaced {
         Ok(self.inner.list_keys(&self.prefix).await?.len())
     }
 
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        self.inner.pool_stats()
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.inner.capabilities();
         caps.limits = self.limits;

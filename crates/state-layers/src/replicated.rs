@@ -252,6 +252,11 @@ impl StateBackend for Replicated {
         self.read(|b| b.count()).await
     }
 
+    /// The primary's pool (the replicas' are reachable through their own backends).
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        self.primary.pool_stats()
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.primary.capabilities()
     }

@@ -573,6 +573,25 @@ impl StateBackend for Sharded {
         }
     }
 
+    /// The shards' pools summed (both layouts while a reshard runs); `None` when no shard
+    /// has a pool, or for the instant a reshard switches layouts.
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        let routing = self.routing.try_read()?;
+        let shards: Vec<&Arc<dyn StateBackend>> = match &*routing {
+            Routing::Stable(shards) => shards.iter().collect(),
+            Routing::Migrating { from, to } => from.iter().chain(to.iter()).collect(),
+        };
+        shards
+            .into_iter()
+            .filter_map(|shard| shard.pool_stats())
+            .reduce(|a, b| state_core::PoolStats {
+                active_connections: a.active_connections + b.active_connections,
+                idle_connections: a.idle_connections + b.idle_connections,
+                max_connections: a.max_connections + b.max_connections,
+                waiting: a.waiting + b.waiting,
+            })
+    }
+
     fn capabilities(&self) -> Capabilities {
         *self.caps.read().expect("capabilities lock")
     }

@@ -9,6 +9,9 @@ mod lock;
 mod postgres;
 mod redis;
 mod seed;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use fenced::{FENCE_TABLE, FencedWrite, REDIS_FENCE_PREFIX};
 pub use guard::{LeaseStatus, LockGuard};

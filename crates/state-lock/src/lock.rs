@@ -465,13 +465,19 @@ fn jittered(interval: Duration) -> Duration {
 /// kept the renewal from running) or the release found the lease expired or taken over:
 /// another holder may have run meanwhile. Writes `f` already made are protected only by
 /// fencing ([`crate::FencedWrite`]).
-pub async fn with_lock<L, T, F, Fut>(lock: &L, ttl: Duration, f: F) -> StateResult<T>
+///
+/// `f` may return any error type that a [`StateError`] converts into (`anyhow::Error`, an
+/// application error with a `From<StateError>` impl, or `StateError` itself), as in the
+/// seed's `lock.with_lock(ttl, || async { Ok::<_, anyhow::Error>(42) })`; the lock's own
+/// failures (acquire, loss) arrive converted.
+pub async fn with_lock<L, T, E, F, Fut>(lock: &L, ttl: Duration, f: F) -> Result<T, E>
 where
     L: DistributedLock + ?Sized,
+    E: From<StateError>,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = StateResult<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
-    let guard = lock.acquire(ttl).await?;
+    let guard = lock.acquire(ttl).await.map_err(E::from)?;
     let lost = guard.lost();
     let work = AssertUnwindSafe(f()).catch_unwind();
     let outcome = tokio::select! {
@@ -502,12 +508,12 @@ where
                 ),
                 // Expired or taken over before the release (or past the local deadline):
                 // another holder may have run.
-                _ => return Err(lost()),
+                _ => return Err(lost().into()),
             }
             result
         }
         Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => Err(lost()),
+        None => Err(lost().into()),
     }
 }
 

@@ -112,7 +112,7 @@ impl fmt::Debug for RedisCore {
 /// }
 /// lock.with_lock(Duration::from_secs(30), || async {
 ///     // critical section
-///     Ok(())
+///     Ok::<_, state_core::StateError>(())
 /// })
 /// .await?;
 /// # Ok(()) }

@@ -83,14 +83,15 @@ macro_rules! seed_api {
 
             /// The seed's `with_lock`: waits for the lock, runs `f`, releases on success,
             /// error and panic. See [`crate::with_lock`].
-            pub async fn with_lock<T, F, Fut>(
+            pub async fn with_lock<T, E, F, Fut>(
                 &self,
                 ttl: std::time::Duration,
                 f: F,
-            ) -> state_core::StateResult<T>
+            ) -> Result<T, E>
             where
+                E: From<state_core::StateError>,
                 F: FnOnce() -> Fut,
-                Fut: std::future::Future<Output = state_core::StateResult<T>>,
+                Fut: std::future::Future<Output = Result<T, E>>,
             {
                 crate::lock::with_lock(self, ttl, f).await
             }

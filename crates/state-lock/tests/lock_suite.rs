@@ -1,4 +1,4 @@
-//! The shared lock suite (`state_testkit::lock_suite!`) on every lock backend: `RedisLock` on
+//! The shared lock suite (`state_lock::lock_suite!`) on every lock backend: `RedisLock` on
 //! a standalone Redis and on a Redis Cluster, `PostgresLock` (the lease table) and
 //! `PostgresAdvisoryLock`, against the servers `cargo xtask test` starts.
 
@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use common::env;
 use fred::prelude::KeysInterface;
 use state_core::{StateError, StateResult};
+use state_lock::testing::LockFactory;
 use state_lock::{
     ADVISORY_CLASS, DistributedLock, LockOptions, PostgresAdvisoryLock, PostgresLock, RedisLock,
 };
 use state_redis::{RedisConfig, RedisStateBackend};
-use state_testkit::LockFactory;
 
 /// `RedisLock` on the standalone server, or on the Cluster.
 struct OnRedis {
@@ -160,17 +160,17 @@ impl LockFactory for OnPostgresAdvisory {
 }
 
 mod redis {
-    state_testkit::lock_suite!(super::OnRedis { cluster: false });
+    state_lock::lock_suite!(super::OnRedis { cluster: false });
 }
 
 mod redis_cluster {
-    state_testkit::lock_suite!(super::OnRedis { cluster: true });
+    state_lock::lock_suite!(super::OnRedis { cluster: true });
 }
 
 mod postgres_lease {
-    state_testkit::lock_suite!(super::OnPostgresLease);
+    state_lock::lock_suite!(super::OnPostgresLease);
 }
 
 mod postgres_advisory {
-    state_testkit::lock_suite!(super::OnPostgresAdvisory);
+    state_lock::lock_suite!(super::OnPostgresAdvisory);
 }

@@ -42,6 +42,18 @@ async fn stale_holder_write_is_refused_cluster() {
 }
 
 /// The seed's constructor and calls, verbatim.
+/// An application's own error type, as the seed's `with_lock` closures return.
+#[derive(Debug)]
+enum AppError {
+    State(state_core::StateError),
+    Rejected(&'static str),
+}
+impl From<state_core::StateError> for AppError {
+    fn from(err: state_core::StateError) -> Self {
+        Self::State(err)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_calls_work() {
     let name = unique("seed-calls");
@@ -69,10 +81,37 @@ async fn seed_calls_work() {
     assert!(lock.unlock().await.unwrap());
     assert!(!lock.unlock().await.unwrap(), "nothing left to unlock");
     let out = lock
-        .with_lock(Duration::from_secs(30), || async { Ok("done") })
+        .with_lock(Duration::from_secs(30), || async {
+            Ok::<_, state_core::StateError>("done")
+        })
         .await
         .unwrap();
     assert_eq!(out, "done");
+
+    // The seed's shape: the closure returns the application's own error type; the lock's
+    // failures arrive converted into it.
+    let answer = lock
+        .with_lock(Duration::from_secs(30), || async { Ok::<_, AppError>(42) })
+        .await
+        .unwrap();
+    assert_eq!(answer, 42);
+    let refused = lock
+        .with_lock(Duration::from_secs(30), || async {
+            Err::<u8, _>(AppError::Rejected("by the application"))
+        })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(AppError::Rejected("by the application"))
+    ));
+    // The lock's own failure (here a TTL it refuses) arrives as the application's error.
+    let refused_ttl = lock
+        .with_lock(Duration::ZERO, || async { Ok::<_, AppError>(()) })
+        .await;
+    assert!(
+        matches!(&refused_ttl, Err(AppError::State(err)) if err.kind() == ErrorKind::InvalidInput),
+        "{refused_ttl:?}"
+    );
 }
 
 /// A throwaway redis-server of this test's own.

@@ -904,6 +904,11 @@ impl StateBackend for PostgresStateBackend {
         })
     }
 
+    /// The primary's pool ([`PostgresStateBackend::pool_stats`]).
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(Self::pool_stats(self))
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::default();
         caps.ttl = true;

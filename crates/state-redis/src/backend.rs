@@ -456,6 +456,11 @@ impl StateBackend for RedisStateBackend {
         })
     }
 
+    /// The client pool ([`RedisStateBackend::pool_stats`]).
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(Self::pool_stats(self))
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::default();
         caps.ttl = true;

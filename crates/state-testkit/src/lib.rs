@@ -9,20 +9,12 @@ use state_core::{StateBackend, StateResult};
 pub mod cases;
 pub mod chaos;
 pub mod linearizability;
-#[cfg(feature = "locks")]
-#[cfg_attr(docsrs, doc(cfg(feature = "locks")))]
-pub mod lock_cases;
 pub mod lock_history;
-#[cfg(feature = "locks")]
-mod locks;
 mod proof;
 mod reference;
 mod support;
 mod yielding;
 
-#[cfg(feature = "locks")]
-#[cfg_attr(docsrs, doc(cfg(feature = "locks")))]
-pub use locks::LockFactory;
 pub use reference::ReferenceBackend;
 pub use support::{FailingScan, unique_namespace};
 pub use yielding::{Yielding, YieldingIo};

@@ -107,6 +107,10 @@ impl StateBackend for Yielding {
         })
     }
 
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        self.inner.pool_stats()
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

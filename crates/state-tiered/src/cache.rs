@@ -679,6 +679,10 @@ impl StateBackend for CachedStateBackend {
         })
     }
 
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        self.inner.pool_stats()
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.caps
     }

@@ -566,6 +566,11 @@ impl StateBackend for TieredStateBackend {
         })
     }
 
+    /// The durable tier's pool.
+    fn pool_stats(&self) -> Option<state_core::PoolStats> {
+        self.durable.pool_stats()
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.caps;
         caps.shared = caps.shared || self.tiers.iter().any(|t| t.backend.capabilities().shared);

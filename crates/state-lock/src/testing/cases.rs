@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use state_core::{ErrorKind, StateError, StateResult};
-use state_lock::{
+use crate::{
     DistributedLock, LeaderElection, Lease, LeaseStatus, LockGuard, LockOptions, new_owner_token,
 };
+use state_core::{ErrorKind, StateError, StateResult};
 
-use crate::LockFactory;
-use crate::lock_history::{self, Hold};
-use crate::support::unique_namespace;
+use crate::testing::LockFactory;
+use state_testkit::lock_history::{self, Hold};
+use state_testkit::unique_namespace;
 
 /// Environment variable that makes a re-run test binary act as the second process of the
 /// mutual-exclusion case: `<test path>|<lock name>`.
@@ -196,12 +196,12 @@ pub async fn with_lock_releases_after_success_error_and_panic(factory: &dyn Lock
     let b = open(factory, &name).await;
     let ttl = Duration::from_secs(5);
     let b2 = Arc::clone(&b);
-    let v = state_lock::with_lock(a.as_ref(), ttl, || async move {
+    let v = crate::with_lock(a.as_ref(), ttl, || async move {
         assert!(
             b2.try_acquire(ttl).await.unwrap().is_none(),
             "held while the closure runs"
         );
-        Ok(7)
+        Ok::<_, StateError>(7)
     })
     .await
     .unwrap();
@@ -216,7 +216,7 @@ pub async fn with_lock_releases_after_success_error_and_panic(factory: &dyn Lock
             .unwrap();
     };
     free().await;
-    let err = state_lock::with_lock(a.as_ref(), ttl, || async {
+    let err = crate::with_lock(a.as_ref(), ttl, || async {
         Err::<(), _>(StateError::invalid_input("boom"))
     })
     .await
@@ -225,9 +225,9 @@ pub async fn with_lock_releases_after_success_error_and_panic(factory: &dyn Lock
     free().await;
     let a2 = Arc::clone(&a);
     let panicked = tokio::spawn(async move {
-        state_lock::with_lock(a2.as_ref(), ttl, || async {
+        crate::with_lock(a2.as_ref(), ttl, || async {
             assert!(ttl.is_zero(), "the critical section panics");
-            Ok(())
+            Ok::<_, StateError>(())
         })
         .await
     })
@@ -381,10 +381,10 @@ pub async fn revoked_lease_is_reported_lost_by_guard_and_with_lock(factory: &dyn
     );
 
     let started = Instant::now();
-    let err = state_lock::with_lock(a.as_ref(), ttl, || async {
+    let err = crate::with_lock(a.as_ref(), ttl, || async {
         factory.revoke(&name).await.expect("revoke");
         tokio::time::sleep(Duration::from_secs(3)).await;
-        Ok(())
+        Ok::<_, StateError>(())
     })
     .await
     .expect_err("with_lock succeeded on a revoked lease");
@@ -752,7 +752,7 @@ pub fn stalled_holder_sees_lease_lost_and_with_lock_fails(factory: &Arc<dyn Lock
         let lock = open(factory.as_ref(), &name).await;
         let mut stall_ended = None;
         let ended = &mut stall_ended;
-        let result = state_lock::with_lock(lock.as_ref(), ttl, move || async move {
+        let result = crate::with_lock(lock.as_ref(), ttl, move || async move {
             acquired_tx.send(()).unwrap();
             // A stall of the whole runtime: no renewal, no timer fires.
             std::thread::sleep(ttl * 2);

@@ -1,11 +1,13 @@
 //! The lock suite: [`LockFactory`] and [`lock_suite!`](crate::lock_suite), the same named
-//! tests for every [`DistributedLock`] backend (feature `locks`).
+//! tests for every [`DistributedLock`] backend (feature `testing`).
 
 use std::sync::Arc;
 
+use crate::{DistributedLock, LockOptions};
 use async_trait::async_trait;
 use state_core::StateResult;
-use state_lock::{DistributedLock, LockOptions};
+
+pub mod cases;
 
 /// Opens locks of the backend under test for the lock suite.
 ///
@@ -34,13 +36,13 @@ pub trait LockFactory: Send + Sync {
     }
 }
 
-/// Generates the lock suite: one test per case of [`crate::lock_cases`], named after the
+/// Generates the lock suite: one test per case of [`crate::testing::cases`], named after the
 /// case, each with a factory built by the given expression.
 ///
 /// The calling crate needs `tokio` (with `macros`, `rt-multi-thread` and `time`) as a
 /// dev-dependency, and must let the suite re-run its test binary: the mutual-exclusion case
 /// spawns the binary again (`--exact <this test> --nocapture`, with
-/// [`crate::lock_cases::CHILD_ENV`] set) as the second contending process.
+/// [`crate::testing::cases::CHILD_ENV`] set) as the second contending process.
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -49,7 +51,7 @@ pub trait LockFactory: Send + Sync {
 /// struct OnRedis;
 ///
 /// #[async_trait::async_trait]
-/// impl state_testkit::LockFactory for OnRedis {
+/// impl state_lock::testing::LockFactory for OnRedis {
 ///     async fn lock(&self, name: &str, options: LockOptions)
 ///         -> StateResult<Arc<dyn DistributedLock>> {
 ///         Ok(Arc::new(RedisLock::new("redis://127.0.0.1:6379", name).await?.with_options(options)))
@@ -61,7 +63,7 @@ pub trait LockFactory: Send + Sync {
 /// }
 ///
 /// mod redis_lock_suite {
-///     state_testkit::lock_suite!(super::OnRedis);
+///     state_lock::lock_suite!(super::OnRedis);
 /// }
 /// # fn main() {}
 /// ```
@@ -106,24 +108,24 @@ macro_rules! __lock_cases {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $m() {
                 let factory = $factory;
-                $crate::lock_cases::$m(&factory).await;
+                $crate::testing::cases::$m(&factory).await;
             }
         )*
         $(
             #[test]
             fn $t() {
-                let factory: ::std::sync::Arc<dyn $crate::LockFactory> =
+                let factory: ::std::sync::Arc<dyn $crate::testing::LockFactory> =
                     ::std::sync::Arc::new($factory);
-                $crate::lock_cases::$t(&factory);
+                $crate::testing::cases::$t(&factory);
             }
         )*
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $p() {
                 let factory = $factory;
-                $crate::lock_cases::$p(
+                $crate::testing::cases::$p(
                     &factory,
-                    &$crate::lock_cases::test_path(module_path!(), stringify!($p)),
+                    &$crate::testing::cases::test_path(module_path!(), stringify!($p)),
                 )
                 .await;
             }
