@@ -113,6 +113,9 @@ pub(crate) struct Inner {
     cleanup_interval: Duration,
     path: Option<PathBuf>,
     tree_name: String,
+    /// The page cache bound the database was opened with (`None`: a shared database opened
+    /// elsewhere, whose setting this backend does not know).
+    cache_capacity: Option<u64>,
     stats: StatsRecorder,
     sweeper: Sweeper,
 }
@@ -177,7 +180,7 @@ impl SledStateBackend {
     /// everything else.
     pub fn open_tree(db: sled::Db, name: &str) -> StateResult<Self> {
         let config = SledConfig::new("(shared database)").tree(name);
-        Self::with_db(db, &config, None)
+        Self::with_db(db, &config, None, None)
     }
 
     pub(crate) fn from_config(config: &SledConfig) -> StateResult<Self> {
@@ -186,10 +189,20 @@ impl SledStateBackend {
             .sled_config()
             .open()
             .map_err(|err| map_sled(err).with_operation("open"))?;
-        Self::with_db(db, config, Some(config.path.clone()))
+        Self::with_db(
+            db,
+            config,
+            Some(config.path.clone()),
+            Some(config.cache_capacity),
+        )
     }
 
-    fn with_db(db: sled::Db, config: &SledConfig, path: Option<PathBuf>) -> StateResult<Self> {
+    fn with_db(
+        db: sled::Db,
+        config: &SledConfig,
+        path: Option<PathBuf>,
+        cache_capacity: Option<u64>,
+    ) -> StateResult<Self> {
         validate_tree_name(&config.tree)?;
         let tree = db.open_tree(&config.tree).map_err(map_sled)?;
         let index = db
@@ -207,6 +220,7 @@ impl SledStateBackend {
                 cleanup_interval: config.cleanup_interval,
                 path,
                 tree_name: config.tree.clone(),
+                cache_capacity,
                 stats: StatsRecorder::new(config.latency_sample_rate),
                 sweeper: Sweeper::new(),
             }),
@@ -832,6 +846,7 @@ impl StateBackend for SledStateBackend {
         caps.native_batch = true;
         caps.transactions = true;
         caps.persistence = true;
+        caps.memory_usage = true;
         caps.compression = cfg!(feature = "compression");
         caps.limits = self.inner.limits;
         caps.default_ttl = self.inner.default_ttl;
@@ -1059,12 +1074,31 @@ impl StateBackend for SledStateBackend {
         }))
     }
 
+    /// What the state keeps resident: sled holds the database's pages in a page cache of at
+    /// most `cache_capacity` bytes, so this is the smaller of the size on disk
+    /// ([`SledStateBackend::size_on_disk`], the whole database: every tree) and that bound.
+    /// `stats().details` reports both (`size_on_disk_bytes`, `cache_capacity_bytes`). For a
+    /// backend on a database opened elsewhere ([`SledStateBackend::open_tree`]) the cache
+    /// bound is unknown and the size on disk is returned.
+    async fn memory_usage(&self) -> StateResult<u64> {
+        let on_disk = self.size_on_disk()?;
+        Ok(self
+            .inner
+            .cache_capacity
+            .map_or(on_disk, |cap| on_disk.min(cap)))
+    }
+
     async fn stats(&self) -> StateStats {
         let mut stats = self.inner.stats.snapshot();
         if let Ok(bytes) = self.inner.db.size_on_disk() {
             stats
                 .details
                 .insert("size_on_disk_bytes".into(), bytes as f64);
+            if let Some(cap) = self.inner.cache_capacity {
+                stats
+                    .details
+                    .insert("cache_capacity_bytes".into(), cap as f64);
+            }
         }
         stats.details.insert(
             "compression".into(),

@@ -392,3 +392,29 @@ async fn sweeper_drains_more_than_one_batch_per_interval() {
         tree.len()
     );
 }
+
+/// `memory_usage` is the resident bound: the size on disk, capped by the page cache
+/// (issue 14); `stats()` reports both figures.
+#[tokio::test]
+async fn memory_usage_is_size_on_disk_capped_by_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = state_sled::SledConfig::new(dir.path().join("db"))
+        .cache_capacity(1 << 20)
+        .build()
+        .unwrap();
+    let value = vec![3u8; 64 * 1024];
+    for i in 0..64u32 {
+        backend
+            .put(format!("k{i}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    backend.flush().await.unwrap();
+    let on_disk = backend.size_on_disk().unwrap();
+    let resident = backend.memory_usage().await.unwrap();
+    assert!(on_disk > 1 << 20, "{on_disk}");
+    assert_eq!(resident, 1 << 20, "capped by cache_capacity");
+    let stats = backend.stats().await;
+    assert_eq!(stats.details["cache_capacity_bytes"], f64::from(1u32 << 20));
+    assert!(stats.details["size_on_disk_bytes"] >= on_disk as f64 * 0.5);
+}

@@ -17,7 +17,8 @@ use crate::support::{assert_kind, b, collect_scan, noise, open, open_named, slee
 use crate::{BackendFactory, FailingScan, ReferenceBackend, unique_namespace};
 
 pub use crate::proof::{
-    concurrent_history_over, proof_cancelled_operations_leave_before_or_after_state,
+    concurrent_history_over, model_based_sequences,
+    proof_cancelled_operations_leave_before_or_after_state,
     proof_concurrent_histories_are_linearizable, proof_model_based_sequences_match_reference,
 };
 

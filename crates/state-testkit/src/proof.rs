@@ -8,7 +8,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `STATE_PROOF_CASES` | 32 | model-based sequences per backend |
+//! | `STATE_PROOF_CASES` | 64 | model-based sequences per backend |
 //! | `STATE_PROOF_STEPS` | 30 | longest sequence (operations) |
 //! | `STATE_PROOF_SHRINK_ITERS` | 2048 | most shrinking runs after a failure |
 //! | `STATE_PROOF_SEED` | random | seed of the sequences (printed by every run) |
@@ -406,12 +406,18 @@ async fn run_sequence(
 ///
 /// Needs a multi-threaded runtime (it drives the backend from a blocking section).
 pub async fn proof_model_based_sequences_match_reference(factory: &dyn BackendFactory) {
+    let cases = env_or("STATE_PROOF_CASES", 64) as u32;
+    let seed = env_or("STATE_PROOF_SEED", rand::random::<u32>().into());
+    model_based_sequences(factory, cases, seed).await;
+}
+
+/// [`proof_model_based_sequences_match_reference`] with its case count and seed given
+/// (instead of read from `STATE_PROOF_CASES` / `STATE_PROOF_SEED`).
+pub async fn model_based_sequences(factory: &dyn BackendFactory, cases: u32, seed: u64) {
     let backend = open(factory).await;
     let caps = backend.capabilities();
     let compare_ttl = caps.default_ttl.is_none();
-    let cases = env_or("STATE_PROOF_CASES", 32) as u32;
     let max_steps = env_or("STATE_PROOF_STEPS", 30).max(1) as usize;
-    let seed = env_or("STATE_PROOF_SEED", rand::random::<u32>().into());
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let config = Config {

@@ -857,8 +857,24 @@ impl StateBackend for CachedStateBackend {
         self.inner.health_check().await
     }
 
+    /// L1's bytes (keys, values and a fixed per-entry overhead, walking the cache: O(entries))
+    /// plus the inner backend's `memory_usage`; an inner backend that cannot say
+    /// (`Unsupported`) counts as 0, so the answer is then L1 alone.
     async fn memory_usage(&self) -> StateResult<u64> {
-        self.inner.memory_usage().await
+        let l1: u64 = self
+            .shared
+            .l1
+            .iter()
+            .map(|(key, slot)| {
+                (key.len() + slot.value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD) as u64
+            })
+            .sum();
+        let inner = match self.inner.memory_usage().await {
+            Ok(bytes) => bytes,
+            Err(err) if err.is_unsupported() => 0,
+            Err(err) => return Err(err),
+        };
+        Ok(l1 + inner)
     }
 
     async fn flush(&self) -> StateResult<()> {

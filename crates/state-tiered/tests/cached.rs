@@ -587,3 +587,22 @@ async fn hung_or_dead_bus_bounds_stale_reads_postgres() {
         server.kill();
     }
 }
+
+/// `memory_usage` counts L1's copies on top of the inner backend's figure (issue 14).
+#[tokio::test]
+async fn memory_usage_counts_l1_copies_and_the_inner_backend() {
+    let inner = Arc::new(MemoryStateBackend::new(None));
+    let cache = CachedStateBackend::new(inner.clone(), 1000, Some(Duration::from_secs(60)));
+    let value = vec![7u8; 10_000];
+    for i in 0..100u32 {
+        cache.put(format!("k{i}").as_bytes(), &value).await.unwrap();
+        cache.get(format!("k{i}").as_bytes()).await.unwrap();
+    }
+    let inner_bytes = inner.memory_usage().await.unwrap();
+    let total = cache.memory_usage().await.unwrap();
+    assert!(inner_bytes >= 1_000_000, "{inner_bytes}");
+    assert!(
+        total >= inner_bytes + 1_000_000,
+        "L1 holds 100 copies of 10 kB: {total} vs inner {inner_bytes}"
+    );
+}
