@@ -12,6 +12,13 @@ pub use config::{
 };
 pub use open::open;
 
+/// The seed document's snippets compiled through this crate's prelude (documentation only;
+/// with feature `full`, which the snippets need).
+#[cfg(feature = "full")]
+#[cfg_attr(docsrs, doc(cfg(feature = "full")))]
+#[doc = include_str!("seed.md")]
+pub mod seed_snippets {}
+
 /// The contract: [`core::StateBackend`], errors, stats, checkpoints (`state-core`).
 pub use state_core as core;
 
